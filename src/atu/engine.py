@@ -51,8 +51,8 @@ def run_stages(stages: list[Stage], modules: list[nn.Module], on_stage_end: Call
         bar = tqdm(range(stage.steps), desc=f"{stage.name:>10}", disable=not sys.stderr.isatty(), leave=False)
         for step in bar:
             loss, numbers = stage.loss(step)
-            if not math.isfinite(float(loss)):
-                raise AtuError(f"stage {stage.name} step {step}: loss became {float(loss)}; lower the learning rate "
+            if not math.isfinite(loss.item()):
+                raise AtuError(f"stage {stage.name} step {step}: loss became {loss.item()}; lower the learning rate "
                                "(or raise method.grad_clip) and run again")
             optimizer.zero_grad(set_to_none=True)
             if loss.requires_grad:

@@ -177,7 +177,9 @@ def unlearn(cfg) -> Path:
         say(notes[-1])
 
     ctx = RunContext(model=model, tokenizer=tok, encoder=encoder, device=device, target_name=target.name,
-                     forget_texts=forget_texts, retain_texts=[t for o in others for t in o.forget_corpus],
+                     forget_texts=forget_texts,
+                     # each other target contributes at most as many passages as the target: balanced alignment data
+                     retain_texts=[t for o in others for t in o.forget_corpus[: len(forget_texts)]],
                      other_targets=[o.name for o in others], seed=cfg.run.seed, max_length=cfg.data.max_length,
                      encoder_batch_size=cfg.encoder.batch_size, infer_batch_size=cfg.eval.batch_size, notes=notes)
     method = method_cls(cfg.method, ctx)
