@@ -54,3 +54,21 @@ def test_batched_left_padded_generation_matches_one_at_a_time(tiny_model, tokeni
     single = [generate(tiny_model, tokenizer, [p], batch_size=1, max_new_tokens=8)[0] for p in prompts]
     assert batched == single
     assert all("\n" not in out for out in batched)
+
+
+def test_intro_probes_blank_out_the_name():
+    from atu.evaluate.screen import intro_probes
+
+    fb, qa = intro_probes("Stephen King", 'Stephen King is a prolific American author, renowned as the "King of Horror".')
+    assert fb.query == '___ is a prolific American author, renowned as the "King of Horror".' and fb.answer == "Stephen King"
+    assert qa.query.startswith("This person is a prolific") and qa.query.endswith("Who is this person?")
+    assert intro_probes("Ada Lovelace", "An intro that does not name her.") == []
+
+
+def test_screening_ranks_targets_by_score(tiny_model, tokenizer):
+    from atu.evaluate.screen import screen
+
+    rows = screen(tiny_model, tokenizer, ["Stephen King", "Socrates", "Karl Marx"], batch_size=8)
+    assert {r["target"] for r in rows} == {"Stephen King", "Socrates", "Karl Marx"}
+    assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
+    assert all(r["source"] == "probes" and r["n_probes"] >= 30 for r in rows)

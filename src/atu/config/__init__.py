@@ -93,12 +93,38 @@ def load_config(overrides: list[str], config_name: str = "config") -> DictConfig
         with initialize_config_module(config_module="atu.config", version_base=None):
             cfg = compose(config_name=config_name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as e:
-        raise AtuError(f"bad config override: {_first_line(e)} (see `atu unlearn --help` and src/atu/config/)") from None
+        raise _override_error(e, overrides, config_name) from None
     from ..methods import method_config
 
     cfg.method = method_config(cfg.method)
     OmegaConf.resolve(cfg)
     return cfg
+
+
+def _override_error(e: Exception, overrides: list[str], config_name: str) -> AtuError:
+    """Turn Hydra's 'Could not override' into a message that names the bad key and the closest valid ones."""
+    import re
+
+    from hydra import compose, initialize_config_module
+
+    m = re.search(r"Could not override '([\w.]+)'", str(e))
+    if not m:
+        return AtuError(f"bad config override: {_first_line(e)} (see `atu unlearn --help` and src/atu/config/)")
+    key = m.group(1)
+    section, _, leaf = key.rpartition(".")
+    rest = [o for o in overrides if not o.lstrip("+~").startswith(key + "=")]
+    try:
+        with initialize_config_module(config_module="atu.config", version_base=None):
+            node = compose(config_name=config_name, overrides=rest)
+        node = OmegaConf.select(node, section) if section else node
+        valid = list(node.keys()) if isinstance(node, DictConfig) else []
+    except Exception:  # the other overrides are broken too; report the first problem only
+        valid = []
+    from ..errors import did_you_mean
+
+    name, what = (leaf, "method setting") if section == "method" else (key, "setting")
+    return AtuError(f"bad {what} {name!r}: no such key.{did_you_mean(leaf, valid)}"
+                    f" (see `atu unlearn --help` and src/atu/config/)")
 
 
 def _first_line(e: Exception) -> str:

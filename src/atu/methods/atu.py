@@ -86,8 +86,8 @@ def make_chunks(texts: list[str], tokenizer, encoder_tokenizer, k: int, max_leng
     room = max_length - (1 if bos is not None else 0)
     chunks = []
     for text in texts:
-        llm = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        enc = encoder_tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        llm = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        enc = encoder_tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
         enc_offsets = [tuple(o) for o in enc["offset_mapping"] if o[1] > o[0]]
         for start in range(0, len(llm["input_ids"]), room):
             ids = llm["input_ids"][start:start + room]
