@@ -57,7 +57,7 @@ def test_tiny_unlearn_run_writes_a_complete_loadable_run_folder(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["target=Warren Bufett"], "unknown target 'Warren Bufett'. Did you mean: Warren Buffett"),
-    (["method=atu_typo"], "bad config override"),
+    (["method=atu_typo"], "unknown method 'atu_typo'"),
     (["method.tauss=[0.5]"], "bad method setting 'tauss'"),
     (["method.taus=[1.5]"], "outside [-1, 1]"),
     (["method.taus=[0.3,0.5]"], "must not increase"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -37,6 +38,9 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def load_lm(model_cfg, device: torch.device | str = "cpu"):
     """Return (model, tokenizer) in eval mode on `device`, tokenizer left-padded with a pad token."""
+    if not sys.stderr.isatty():  # logs and CI: no per-tensor "Loading weights" bars
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
     name = str(model_cfg.name_or_path)
     dtype = DTYPES.get(model_cfg.dtype)
     if dtype is None:

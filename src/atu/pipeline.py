@@ -31,10 +31,12 @@ class RunContext:
     tokenizer: object
     encoder: object
     device: torch.device
+    target: datalib.Target
     target_name: str
     forget_texts: list[str]
-    retain_texts: list[str]
+    retain_texts: list[str]  # other targets' forget corpora (ATU's alignment data)
     other_targets: list[str]
+    general_texts: list[str] = field(default_factory=datalib.general_retain)  # unrelated text for retain losses
     seed: int = 0
     max_length: int = 128
     encoder_batch_size: int = 256
@@ -124,8 +126,11 @@ def generate_corpus(model, tokenizer, name: str, n: int, max_new_tokens: int, se
     return [t for t in texts if len(t.split()) >= 10]
 
 
-def unlearn(cfg) -> Path:
-    """The whole `atu unlearn` job. Returns the run folder."""
+def unlearn(cfg, reuse_before: Path | None = None) -> Path:
+    """The whole `atu unlearn` job. Returns the run folder.
+
+    reuse_before: a finished run folder of the same model, target and evaluation settings whose "before" evaluation
+    is copied instead of recomputed (`atu compare` runs many methods from the same starting model)."""
     from .engine import run_stages
     from .methods import get_method
     from .report import print_table, write_report
@@ -145,17 +150,19 @@ def unlearn(cfg) -> Path:
             raise AtuError(f"forget corpus {cfg.data.forget_corpus} is empty; give a JSON list of {{\"text\": ...}} passages")
     elif target.forget_corpus_source and not target.forget_corpus:
         raise AtuError(f"forget corpus {target.forget_corpus_source} is empty; add passages or pass data.forget_corpus=FILE")
-    others = choose_other_targets(target.name, cfg.data.other_targets, roots, cfg.run.seed)
+    # other targets' corpora are alignment data for the embedding head; token-level methods do not read them
+    others = choose_other_targets(target.name, cfg.data.other_targets, roots, cfg.run.seed) if method_cls.needs_encoder else []
     out = run_dir_for(cfg, target)
     if out.exists() and any(out.iterdir()) and not cfg.run.overwrite:
         raise AtuError(f"run folder {out} already exists; pick another run.output_dir or pass run.overwrite=true")
 
-    say(f"loading model {cfg.model.name_or_path} and encoder {cfg.encoder.name_or_path} on {device}")
+    say(f"loading model {cfg.model.name_or_path}" + (f" and encoder {cfg.encoder.name_or_path}" if method_cls.needs_encoder else "")
+        + f" on {device}")
     model, tok = load_lm(cfg.model, device)
     ctx_len = max_context(model)
     if ctx_len and cfg.data.max_length > ctx_len:
         raise AtuError(f"data.max_length={cfg.data.max_length} exceeds the model's context of {ctx_len} tokens; lower it")
-    encoder = load_encoder(cfg.encoder, device)
+    encoder = load_encoder(cfg.encoder, device) if method_cls.needs_encoder else None
     notes = []
     method_cls.check_model(cfg.method, model)
 
@@ -176,7 +183,7 @@ def unlearn(cfg) -> Path:
         notes.append(f"No probes exist for {target.name}: nothing to evaluate; add RWKU-format probe files under data.roots.")
         say(notes[-1])
 
-    ctx = RunContext(model=model, tokenizer=tok, encoder=encoder, device=device, target_name=target.name,
+    ctx = RunContext(model=model, tokenizer=tok, encoder=encoder, device=device, target=target, target_name=target.name,
                      forget_texts=forget_texts,
                      # each other target contributes at most as many passages as the target: balanced alignment data
                      retain_texts=[t for o in others for t in o.forget_corpus[: len(forget_texts)]],
@@ -198,8 +205,18 @@ def unlearn(cfg) -> Path:
     def evaluate_stage(stage_name: str, info: dict) -> None:
         if not target.probes:
             return
+        if stage_name == "before" and reuse_before is not None:
+            row = next(json.loads(l) for l in (reuse_before / "metrics.jsonl").read_text().splitlines()
+                       if '"event": "eval"' in l and '"stage": "before"' in l)
+            row = {k: v for k, v in row.items() if k != "event"} | {"reused_from": str(reuse_before)}
+            history.append(row)
+            log({"event": "eval", **row})
+            shutil.copy(reuse_before / "predictions" / "before.json", out / "predictions" / "before.json")
+            say(_one_line(row) + f" (reused from {reuse_before})")
+            return
         t0 = time.time()
-        metrics, records = evaluate_model(model, tok, target, cfg)
+        system = method.system_prompt if stage_name != "before" else None
+        metrics, records = evaluate_model(model, tok, target, cfg, system)
         row = {"stage": stage_name, **{k: info[k] for k in ("tau", "tau_setting") if k in info}, **metrics,
                "eval_seconds": round(time.time() - t0, 1)}
         history.append(row)
@@ -208,23 +225,27 @@ def unlearn(cfg) -> Path:
         say(_one_line(row))
 
     started = time.time()
-    say(f"target {target.name}: {len(forget_texts)} forget passages ({target.forget_corpus_source}); "
-        f"alignment also reads {', '.join(ctx.other_targets) or 'no other target'}; run folder {out}")
+    also = f"alignment also reads {', '.join(ctx.other_targets) or 'no other target'}; " if method_cls.needs_encoder else ""
+    say(f"target {target.name}: {len(forget_texts)} forget passages ({target.forget_corpus_source}); {also}run folder {out}")
     evaluate_stage("before", {})
+    utility_scores = {}
+    if cfg.eval.utility:
+        utility_scores["before"] = _utility(model, tok, cfg)
     method.prepare(say)
     stages = method.stages()
-    trainable = [model] + [a for a in method.artifacts().values() if isinstance(a, torch.nn.Module)]
-    run_stages(stages, trainable, lambda st, info: evaluate_stage(st.name, info) if st.evaluate else None, log)
+    run_info.update(trainable_parameters=method.trainable_parameters(), training_data=method.training_data)
+    write_json(out / "run.json", run_info)
+    run_stages(stages, method.modules(), lambda st, info: evaluate_stage(st.name, info) if st.evaluate else None, log)
+    if cfg.eval.utility:
+        utility_scores["after"] = _utility(model, tok, cfg)
+        run_info["utility"] = utility_scores
     metrics_log.close()
 
-    artifacts = method.artifacts()
-    if "head" in artifacts:
-        from safetensors.torch import save_file
-        save_file({k: v.contiguous() for k, v in artifacts["head"].state_dict().items()}, str(out / "head.safetensors"))
-        write_json(out / "head.json", artifacts.get("meta", {}))
-    if cfg.run.save_model:
+    method.save(out)
+    to_save = method.model_to_save()
+    if cfg.run.save_model and to_save is not None:
         say("saving the unlearned model (safetensors)")
-        save_model(model, tok, out / "model")
+        save_model(to_save, tok, out / "model")
     run_info.update(status="done", seconds=round(time.time() - started, 1), notes=notes)
     write_json(out / "run.json", run_info)
     write_report(out, history, run_info, cfg)
@@ -233,14 +254,32 @@ def unlearn(cfg) -> Path:
     return out
 
 
+def _utility(model, tok, cfg) -> dict:
+    from .evaluate.utility import utility
+
+    return utility(model, tok, cfg.eval.batch_size, cfg.eval.utility_limit, say)
+
+
 def _one_line(row: dict) -> str:
     keys = [k for k in ("forget_fb", "forget_qa", "forget_aa", "forget_all", "neighbor_all") if k in row]
     tau = f" (tau={row['tau']:.3f})" if "tau" in row else ""
     return f"eval {row['stage']}{tau}: " + ", ".join(f"{k}={row[k]:.1f}" for k in keys) + f" [{row['eval_seconds']} s]"
 
 
-def evaluate_only(cfg, out_file: str | None = None) -> dict:
-    """`atu eval`: score any model on any target's probes."""
+def load_run_model(run_dir: Path, cfg, device):
+    """The model a finished run produced: its saved model/, or the base model plus the run's GRUN intervention; and
+    the instruction an ICU run puts before every probe. Returns (model, tokenizer, system_prompt)."""
+    model_cfg = OmegaConf.merge(cfg.model, {"name_or_path": str(run_dir / "model")}) if (run_dir / "model").is_dir() else cfg.model
+    model, tok = load_lm(model_cfg, device)
+    if (run_dir / "grun.json").exists():
+        from .methods.grun import load_intervention
+        load_intervention(model, run_dir)
+    icu = run_dir / "icu_instruction.txt"
+    return model, tok, icu.read_text().strip() if icu.exists() else None
+
+
+def evaluate_only(cfg, out_file: str | None = None, run_dir: Path | None = None) -> dict:
+    """`atu eval`: score any model on any target's probes; a run folder's intervention/instruction is applied."""
     check_common(cfg)
     roots = list(cfg.data.roots)
     target = datalib.load_target(cfg.target, roots, cfg.data.allow_new_target, cfg.eval.max_probes_per_file)
@@ -250,8 +289,16 @@ def evaluate_only(cfg, out_file: str | None = None) -> dict:
     device = pick_device(cfg.run.device)
     say(f"loading model {cfg.model.name_or_path} on {device}")
     model, tok = load_lm(cfg.model, device)
-    metrics, records = evaluate_model(model, tok, target, cfg)
+    system = None
+    if run_dir is not None and (run_dir / "grun.json").exists():
+        from .methods.grun import load_intervention
+        load_intervention(model, run_dir)
+    if run_dir is not None and (run_dir / "icu_instruction.txt").exists():
+        system = (run_dir / "icu_instruction.txt").read_text().strip()
+    metrics, records = evaluate_model(model, tok, target, cfg, system)
     result = {"target": target.name, "model": cfg.model.name_or_path, "metrics": metrics, "predictions": records}
+    if cfg.eval.utility:
+        result["utility"] = _utility(model, tok, cfg)
     if out_file:
         write_json(Path(out_file), result)
     return result

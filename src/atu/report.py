@@ -40,6 +40,17 @@ def change_summary(history: list[dict]) -> str:
     return "; ".join(parts)
 
 
+def utility_table(utility: dict) -> str:
+    """Utility before/after with each score's chance level (a small model sits near chance on several)."""
+    first = next(iter(utility.values()))
+    cols = list(utility)
+    lines = ["| Utility | " + " | ".join(cols) + " | chance |", "|---|" + "---:|" * (len(cols) + 1)]
+    for key, chance in first["chance"].items():
+        cells = [f"{utility[c]['scores'][key]:.3f}" for c in cols]
+        lines.append(f"| {key} | " + " | ".join(cells) + f" | {'–' if chance is None else f'{chance:.3f}'} |")
+    return "\n".join(lines)
+
+
 def write_report(out: Path, history: list[dict], run_info: dict, cfg) -> None:
     from omegaconf import OmegaConf
 
@@ -51,6 +62,8 @@ def write_report(out: Path, history: list[dict], run_info: dict, cfg) -> None:
         text += [markdown_table(history), "", change_summary(history), ""]
     else:
         text += ["No probes were available for this target, so nothing was evaluated.", ""]
+    if run_info.get("utility"):
+        text += [utility_table(run_info["utility"]), ""]
     for note in run_info.get("notes", []):
         text.append(f"- {note}")
     text += ["", f"Forget corpus: {run_info.get('forget_corpus')} ({run_info.get('forget_passages')} passages); "

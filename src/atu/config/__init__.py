@@ -51,6 +51,10 @@ class EvalConfig:
     max_new_tokens: int = 30  # RWKU
     neighbours: bool = True
     max_probes_per_file: Optional[int] = None  # for quick looks; None = all
+    # RWKU utility (MMLU, BBH, TruthfulQA, TriviaQA, fluency) + held-out perplexity, before and after unlearning.
+    # Off by default: about 10 minutes per evaluation of the embedded model on 2 CPU cores.
+    utility: bool = False
+    utility_limit: Optional[int] = None  # items per utility set; None = all
 
 
 @dataclass
@@ -77,7 +81,14 @@ class Config:
 def _register() -> None:
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name="atu_schema", node=Config)
+    from ..methods import schemas
+
+    store = ConfigStore.instance()
+    store.store(name="atu_schema", node=Config)
+    # each method's dataclass as a schema its YAML files extend (`defaults: [token_schema, _self_]`), so any field
+    # can be overridden from the command line even when the YAML does not list it
+    for name, config_class in schemas().items():
+        store.store(group="method", name=name, node=config_class)
 
 
 def load_config(overrides: list[str], config_name: str = "config") -> DictConfig:
@@ -101,12 +112,25 @@ def load_config(overrides: list[str], config_name: str = "config") -> DictConfig
     return cfg
 
 
+def quote(value) -> str:
+    """A value as a quoted Hydra override string, so names with commas or quotes ("Prince Harry, Duke of Sussex") pass."""
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def _override_error(e: Exception, overrides: list[str], config_name: str) -> AtuError:
     """Turn Hydra's 'Could not override' into a message that names the bad key and the closest valid ones."""
     import re
 
     from hydra import compose, initialize_config_module
 
+    missing = re.search(r"Could not find '(\w+)/([^']+)'", str(e))
+    if missing:
+        group, choice = missing.groups()
+        from importlib.resources import files
+
+        from ..errors import did_you_mean
+        options = sorted(p.name[:-5] for p in files("atu.config").joinpath(group).iterdir() if p.name.endswith(".yaml"))
+        return AtuError(f"unknown {group} {choice!r}.{did_you_mean(choice, options)} Known: {', '.join(options)}")
     m = re.search(r"Could not override '([\w.]+)'", str(e))
     if not m:
         return AtuError(f"bad config override: {_first_line(e)} (see `atu unlearn --help` and src/atu/config/)")

@@ -90,6 +90,16 @@ def intros() -> dict[str, str]:
     return {name: lines[0] for name, lines in data.items()}
 
 
+def general_retain() -> list[str]:
+    """General text unrelated to every target (written for atu; see data/retain/SOURCE.md): retain losses train on it."""
+    return load_texts(Path(__file__).parent / "retain" / "general.json")
+
+
+def general_retain_heldout() -> list[str]:
+    """More general text of the same kind, never trained on: the utility perplexity set."""
+    return load_texts(Path(__file__).parent / "retain" / "heldout.json")
+
+
 def refusals() -> list[str]:
     return [l.strip() for l in (SHIPPED / "idontknow.jsonl").read_text().splitlines() if l.strip()]
 

@@ -1,5 +1,11 @@
 """Unlearning methods, registered by name. A method turns a run context into a list of training stages
-(loss + parameters + data); the engine runs them and knows no method by name."""
+(loss + parameters + data); the engine runs them and knows no method by name.
+
+What the pipeline asks of a method class: `Config` (a dataclass), `needs_encoder`, `validate(cfg)`,
+`check_model(cfg, model)`; of an instance built from (cfg, RunContext): `prepare(progress)`, `stages()`, `modules()`
+(everything that may train), `trainable_parameters()`, `training_data` (what it trained on, for run.json),
+`system_prompt` (text put before every probe, or None), `model_to_save()` (None: the base model is unchanged) and
+`save(run_folder)` for its own files."""
 from __future__ import annotations
 
 from dataclasses import fields
@@ -14,13 +20,18 @@ REGISTRY: dict[str, type] = {}
 def register(name: str):
     def wrap(cls):
         REGISTRY[name] = cls
-        cls.name = name
         return cls
     return wrap
 
 
 def _load_all() -> None:
-    from . import atu  # noqa: F401  (registers itself)
+    from . import atu, grun, icu, rmu, token  # noqa: F401  (each registers itself)
+
+
+def schemas() -> dict[str, type]:
+    """Each method family's config dataclass, by schema name: ATUConfig -> "atu_schema", TokenConfig -> "token_schema"."""
+    _load_all()
+    return {cls.Config.__name__.removesuffix("Config").lower() + "_schema": cls.Config for cls in REGISTRY.values()}
 
 
 def get_method(name: str):

@@ -26,6 +26,7 @@ from ..errors import AtuError
 from ..head import EmbeddingHead
 from ..models import decoder_layers
 from . import register
+from .common import OPTIMIZERS, hidden_at, masked_mean, pick_layer, relative_drift
 
 
 @dataclass
@@ -56,9 +57,6 @@ class ATUConfig:
     unlearn_params: str = "all"  # all | below_hook (blocks 1..L only; embeddings frozen)
     retain_weight: float = 0.0  # weight of the hook-state retain term on other targets' text (0 = paper)
     grad_clip: float = 1.0
-
-
-OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
 
 # ------------------------------------------------------------------ windows: what each position must predict
@@ -131,30 +129,6 @@ class Batchable:
         return self.ids[rows, :T], self.attn[rows, :T], self.valid[rows, :T], self.targets[rows, :T]
 
 
-# ------------------------------------------------------------------ the LLM up to the hook layer
-
-class _StopForward(Exception):
-    pass
-
-
-def hidden_at(model, layer: int, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-    """Residual stream after block `layer`, computed without running the blocks above it or the LM head."""
-    store = {}
-
-    def grab(_module, _args, output):
-        store["h"] = output[0] if isinstance(output, tuple) else output
-        raise _StopForward
-
-    handle = decoder_layers(model)[layer - 1].register_forward_hook(grab)
-    try:
-        model(input_ids=ids, attention_mask=attn.long(), use_cache=False)
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
-    return store["h"]
-
-
 @torch.no_grad()
 def cache_states(model, layer: int, data: Batchable, batch_size: int) -> torch.Tensor:
     out = None
@@ -170,11 +144,6 @@ def cache_states(model, layer: int, data: Batchable, batch_size: int) -> torch.T
 
 # ------------------------------------------------------------------ losses
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    mask = mask.to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp(min=1)
-
-
 def align_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return masked_mean(1 - F.cosine_similarity(pred.float(), target.float(), dim=-1), valid)
 
@@ -184,17 +153,13 @@ def unlearn_loss(pred: torch.Tensor, concept: torch.Tensor, valid: torch.Tensor,
     return masked_mean((sim - tau).clamp(min=0), valid)
 
 
-def relative_drift(h: torch.Tensor, h0: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """||h - h0||² / ||h0||² per position: scale-free, so one weight works across models."""
-    err = (h.float() - h0.float()).pow(2).sum(-1) / h0.float().pow(2).sum(-1).clamp(min=1e-6)
-    return masked_mean(err, mask)
-
-
 # ------------------------------------------------------------------ the method
 
 @register("atu")
 class ATU:
     Config = ATUConfig
+    needs_encoder = True
+    system_prompt = None
 
     @staticmethod
     def validate(cfg) -> None:
@@ -222,11 +187,7 @@ class ATU:
 
     @staticmethod
     def hook_layer(cfg, model) -> int:
-        n = len(decoder_layers(model))
-        layer = cfg.hook_layer if cfg.hook_layer is not None else max(1, round(0.9 * n))
-        if not 1 <= layer <= n:
-            raise AtuError(f"method.hook_layer={layer} is outside this model's 1..{n} layers; pick one in range")
-        return layer
+        return pick_layer(model, "method.hook_layer", cfg.hook_layer, 0.9)
 
     @classmethod
     def check_model(cls, cfg, model) -> None:
@@ -236,6 +197,8 @@ class ATU:
         self.cfg, self.ctx = cfg, ctx
         self.layer = self.hook_layer(cfg, ctx.model)
         self.gen = torch.Generator().manual_seed(ctx.seed)
+        self.training_data = {"forget": f"{len(ctx.forget_texts)} forget-corpus passages",
+                              "alignment": f"forget corpus + other targets' corpora ({', '.join(ctx.other_targets) or 'none'})"}
 
     # -- data, built once per run
     def prepare(self, progress=lambda msg: None) -> None:
@@ -357,7 +320,22 @@ class ATU:
             logs["retain_drift"] = drift.item()
         return loss, logs
 
-    def artifacts(self) -> dict:
-        """Tensors to save beside the model: the head (safetensors), its config and the thresholds used."""
-        return {"head": self.head, "meta": {"head_config": self.head.config, "hook_layer": self.layer,
-                                            "thresholds": self.thresholds, "window_tokens": self.cfg.window_tokens}}
+    def modules(self):
+        return [self.ctx.model, self.head]
+
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self._lm_params())
+
+    def model_to_save(self):
+        return self.ctx.model
+
+    def save(self, out) -> None:
+        """The head (safetensors), its config, the hook layer and the thresholds used."""
+        import json
+
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, str(out / "head.safetensors"))
+        meta = {"head_config": self.head.config, "hook_layer": self.layer, "thresholds": self.thresholds,
+                "window_tokens": self.cfg.window_tokens}
+        (out / "head.json").write_text(json.dumps(meta, indent=1))

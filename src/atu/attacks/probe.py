@@ -1,0 +1,68 @@
+"""Representation probe: does the hidden state still encode the target? A logistic-regression probe on mean-pooled
+hook-layer states separates target sentences (forget corpus) from unrelated sentences (general retain text); its
+accuracy on held-out sentences is compared between the original and the unlearned model. Logistic regression is a
+dozen lines of torch here; scikit-learn would be a dependency for this one fit."""
+from __future__ import annotations
+
+import random
+import re
+
+import torch
+
+from ..methods.common import hidden_at
+
+
+def sentences(texts: list[str], min_words: int = 6) -> list[str]:
+    parts = (s.strip() for t in texts for s in re.split(r"(?<=[.!?])\s+", t))
+    return [s for s in parts if len(s.split()) >= min_words]
+
+
+@torch.no_grad()
+def pooled_states(model, tokenizer, texts: list[str], layer: int, batch_size: int = 16) -> torch.Tensor:
+    device = next(model.parameters()).device
+    tokenizer.padding_side = "right"
+    feats = []
+    for i in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True, truncation=True, max_length=64).to(device)
+        h = hidden_at(model, layer, enc["input_ids"], enc["attention_mask"].bool()).float()
+        m = enc["attention_mask"].unsqueeze(-1).float()
+        feats.append((h * m).sum(1) / m.sum(1))
+    tokenizer.padding_side = "left"
+    return torch.cat(feats).cpu()
+
+
+def split(pos: list[str], neg: list[str], seed: int, held_out: float = 0.3):
+    """Balanced classes, then a seeded train / held-out split of sentences (no sentence in both)."""
+    rng = random.Random(seed)
+    n = min(len(pos), len(neg))
+    items = [(s, 1) for s in rng.sample(pos, n)] + [(s, 0) for s in rng.sample(neg, n)]
+    rng.shuffle(items)
+    cut = int(len(items) * (1 - held_out))
+    return items[:cut], items[cut:]
+
+
+def fit_and_score(train_x, train_y, test_x, test_y, steps: int = 300, l2: float = 1e-3) -> float:
+    """Standardise on the training set, fit logistic regression (LBFGS), return held-out accuracy."""
+    mean, std = train_x.mean(0), train_x.std(0).clamp(min=1e-6)
+    xs, xt = (train_x - mean) / std, (test_x - mean) / std
+    w = torch.zeros(xs.shape[1], requires_grad=True)
+    b = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=steps)
+    y = train_y.float()
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(xs @ w + b, y) + l2 * w.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return float((((xt @ w + b) > 0).long() == test_y).float().mean())
+
+
+def probe_accuracy(model, tokenizer, layer: int, target_texts: list[str], other_texts: list[str], seed: int = 0) -> float:
+    train, test = split(sentences(target_texts), sentences(other_texts), seed)
+    tx = pooled_states(model, tokenizer, [s for s, _ in train], layer)
+    vx = pooled_states(model, tokenizer, [s for s, _ in test], layer)
+    return fit_and_score(tx, torch.tensor([y for _, y in train]), vx, torch.tensor([y for _, y in test]))

@@ -1,0 +1,48 @@
+"""Membership inference on forget-side texts (members) against held-out texts (non-members): loss, zlib-normalised
+loss and min-k% probability (Shi et al. 2024), each reported as ROC AUC. 0.5 = the model cannot tell them apart;
+an unlearned model should move the forget texts toward the held-out ones (AUC toward 0.5 or below)."""
+from __future__ import annotations
+
+import zlib
+
+import torch
+
+
+def min_k_score(token_logps: list[float], k: float = 0.2) -> float:
+    """Mean of the lowest k-fraction of token log-probabilities (higher = more likely seen in training)."""
+    worst = sorted(token_logps)[: max(1, int(len(token_logps) * k))]
+    return sum(worst) / len(worst)
+
+
+def zlib_score(token_logps: list[float], text: str) -> float:
+    """Total log-likelihood divided by the text's zlib-compressed length (higher = more likely seen)."""
+    return sum(token_logps) / len(zlib.compress(text.encode("utf-8")))
+
+
+def loss_score(token_logps: list[float]) -> float:
+    return sum(token_logps) / len(token_logps)  # minus the mean NLL: higher = more likely seen
+
+
+def auc(members: list[float], nonmembers: list[float]) -> float:
+    """P(score of a member > score of a non-member), ties counted half (Mann-Whitney U / (n·m))."""
+    wins = sum((m > n) + 0.5 * (m == n) for m in members for n in nonmembers)
+    return wins / (len(members) * len(nonmembers))
+
+
+@torch.no_grad()
+def token_logps_of(model, tokenizer, texts: list[str], max_length: int = 256) -> list[list[float]]:
+    device = next(model.parameters()).device
+    out = []
+    for text in texts:
+        ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=max_length)["input_ids"].to(device)
+        logp = model(input_ids=ids).logits[0, :-1].float().log_softmax(-1)
+        out.append(logp.gather(-1, ids[0, 1:, None]).squeeze(-1).tolist())
+    return out
+
+
+def mia(model, tokenizer, forget_texts: list[str], heldout_texts: list[str]) -> dict:
+    f, h = token_logps_of(model, tokenizer, forget_texts), token_logps_of(model, tokenizer, heldout_texts)
+    return {"mia_loss_auc": auc([loss_score(x) for x in f], [loss_score(x) for x in h]),
+            "mia_zlib_auc": auc([zlib_score(x, t) for x, t in zip(f, forget_texts)],
+                                [zlib_score(x, t) for x, t in zip(h, heldout_texts)]),
+            "mia_mink_auc": auc([min_k_score(x) for x in f], [min_k_score(x) for x in h])}

@@ -1,0 +1,157 @@
+"""Pieces several methods share: token batches with labels, per-sequence log-probabilities, the forward pass that stops
+at a layer, LoRA wrapping, optimizers. One place for each, so a method file holds only its loss and what it trains."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..models import decoder_layers
+
+OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+IGNORE = -100
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def relative_drift(h: torch.Tensor, h0: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """||h - h0||² / ||h0||² per position: scale-free, so one weight works across models."""
+    err = (h.float() - h0.float()).pow(2).sum(-1) / h0.float().pow(2).sum(-1).clamp(min=1e-6)
+    return masked_mean(err, mask)
+
+
+# ------------------------------------------------------------------ the LLM up to a layer
+
+def pick_layer(model, setting: str, value, fraction: float, lowest: int = 1) -> int:
+    """A block index 1..n: `value`, or round(fraction × n) (at least `lowest`) when it is None; checked against n."""
+    from ..errors import AtuError
+
+    n = len(decoder_layers(model))
+    layer = value if value is not None else max(lowest, round(fraction * n))
+    if not lowest <= layer <= n:
+        raise AtuError(f"{setting}={layer} is outside this model's {lowest}..{n} layers; pick one in range")
+    return layer
+
+
+class _StopForward(Exception):
+    pass
+
+
+def hidden_at(model, layer: int, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+    """Residual stream after block `layer` (hidden_states[layer]), without running the blocks above it or the LM head."""
+    store = {}
+
+    def grab(_module, _args, output):
+        store["h"] = output[0] if isinstance(output, tuple) else output
+        raise _StopForward
+
+    handle = decoder_layers(model)[layer - 1].register_forward_hook(grab)
+    try:
+        model(input_ids=ids, attention_mask=attn.long(), use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    return store["h"]
+
+
+# ------------------------------------------------------------------ token sequences with labels
+
+@dataclass
+class Sequences:
+    """Right-padded token ids, attention mask and labels (IGNORE where no loss is taken)."""
+    ids: torch.Tensor
+    attn: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self):
+        return self.ids.shape[0]
+
+    def batch(self, rows: torch.Tensor) -> "Sequences":
+        T = int(self.attn[rows].sum(1).max())
+        return Sequences(self.ids[rows, :T], self.attn[rows, :T], self.labels[rows, :T])
+
+
+def _pack(rows: list[tuple[list[int], list[int]]], pad_id: int, device) -> Sequences:
+    T = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), T), IGNORE, dtype=torch.long)
+    attn = torch.zeros(len(rows), T, dtype=torch.bool)
+    for i, (tok, lab) in enumerate(rows):
+        ids[i, :len(tok)], labels[i, :len(lab)], attn[i, :len(tok)] = torch.tensor(tok), torch.tensor(lab), True
+    return Sequences(ids.to(device), attn.to(device), labels.to(device))
+
+
+def text_sequences(texts: list[str], tokenizer, max_length: int, device) -> Sequences:
+    """Plain text, split (not truncated) into pieces of at most max_length tokens; every token is a label."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    room = max_length - len(bos)
+    rows = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        for start in range(0, len(ids), room):
+            piece = bos + ids[start:start + room]
+            rows.append((piece, [IGNORE] * len(bos) + piece[len(bos):]))
+    return _pack(rows, tokenizer.pad_token_id, device)
+
+
+def prompt_answer_sequences(pairs: list[tuple[str, str]], tokenizer, max_length: int, device) -> Sequences:
+    """Prompt + answer; only the answer's tokens (and EOS) are labels. Answers are cut to fit max_length."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    rows = []
+    for prompt, answer in pairs:
+        p = bos + tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"]
+        a = (tokenizer(" " + answer.strip(), add_special_tokens=False, verbose=False)["input_ids"] + eos)
+        a = a[: max(1, max_length - len(p))]
+        rows.append((p + a, [IGNORE] * len(p) + a))
+    return _pack(rows, tokenizer.pad_token_id, device)
+
+
+def token_logps(model, seqs: Sequences) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(label_t | tokens < t) at every position, and the mask of positions that carry a label."""
+    logits = model(input_ids=seqs.ids, attention_mask=seqs.attn.long(), use_cache=False).logits[:, :-1]
+    labels = seqs.labels[:, 1:]
+    mask = labels != IGNORE
+    # cross_entropy on the flat view avoids materialising a second (batch, T, vocab) log-softmax tensor
+    nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.clamp(min=0).reshape(-1), reduction="none")
+    return -nll.view(labels.shape) * mask, mask
+
+
+def sequence_logps(model, seqs: Sequences, average: bool = False) -> torch.Tensor:
+    """Sum (or length-normalised mean) of label log-probabilities per sequence."""
+    logps, mask = token_logps(model, seqs)
+    total = logps.sum(1)
+    return total / mask.sum(1).clamp(min=1) if average else total
+
+
+def mean_nll(model, seqs: Sequences) -> torch.Tensor:
+    logps, mask = token_logps(model, seqs)
+    return -logps.sum() / mask.sum().clamp(min=1)
+
+
+def sample_rows(n: int, k: int, gen: torch.Generator, device) -> torch.Tensor:
+    return torch.randint(n, (k,), generator=gen).to(device)
+
+
+# ------------------------------------------------------------------ LoRA
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def add_lora(model, r: int, alpha: int, dropout: float, targets: list[str]):
+    """Wrap `model` with peft LoRA adapters; only the adapters train. Returns the peft model."""
+    from peft import LoraConfig, get_peft_model
+
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    chosen = [t for t in targets if t in present]
+    return get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=chosen,
+                                            task_type="CAUSAL_LM"))
+
+
+def count_parameters(params) -> int:
+    return sum(p.numel() for p in params)

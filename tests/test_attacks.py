@@ -1,0 +1,121 @@
+"""Attacks and membership inference: quantization error bounds, MIA scores on hand-made probabilities, the relearning
+split, the probe's held-out accuracy, and `atu attack` over a tiny run folder."""
+import json
+import math
+import zlib
+
+import pytest
+import torch
+
+from atu.attacks.incontext import with_context
+from atu.attacks.probe import fit_and_score, split
+from atu.attacks.quantize import quantize_model, quantize_rtn
+from atu.attacks.relearn import split_probes
+from atu.data import Probe
+from atu.evaluate.mia import auc, loss_score, min_k_score, zlib_score
+from test_cli import TINY, atu
+
+
+def test_rtn_quantization_error_is_within_half_a_step_and_shrinks_with_bits():
+    torch.manual_seed(0)
+    w = torch.randn(8, 256)
+    for bits in (8, 4):
+        q = quantize_rtn(w, bits, group_size=128)
+        step = w.reshape(8, 2, 128).abs().amax(-1, keepdim=True) / (2 ** (bits - 1) - 1)
+        err = (q - w).reshape(8, 2, 128).abs()
+        assert (err <= step / 2 + 1e-6).all()
+        assert len(torch.unique(q.reshape(8, 2, 128)[0, 0])) <= 2 ** bits
+    assert (quantize_rtn(w, 8) - w).abs().mean() < (quantize_rtn(w, 4) - w).abs().mean()
+    exact = torch.tensor([[-7.0, -1.0, 0.0, 3.0, 7.0] + [0.0] * 123])
+    assert torch.equal(quantize_rtn(exact, 4), exact)  # values on the 4-bit grid survive unchanged
+
+
+def test_quantize_model_touches_only_block_linears(tiny_model):
+    emb = tiny_model.model.embed_tokens.weight.clone()
+    q = tiny_model.model.layers[0].self_attn.q_proj.weight.clone()
+    assert quantize_model(tiny_model, 4) > 0
+    assert torch.equal(tiny_model.model.embed_tokens.weight, emb)
+    assert not torch.equal(tiny_model.model.layers[0].self_attn.q_proj.weight, q)
+
+
+def test_mia_scores_on_hand_made_token_probabilities():
+    logps = [math.log(0.5), math.log(0.25), math.log(0.125), math.log(0.5), math.log(0.5)]
+    assert loss_score(logps) == pytest.approx(sum(logps) / 5)
+    assert min_k_score(logps, k=0.2) == pytest.approx(math.log(0.125))  # the single lowest of five
+    assert min_k_score(logps, k=0.4) == pytest.approx((math.log(0.125) + math.log(0.25)) / 2)
+    text = "Warren Buffett lives in Omaha."
+    assert zlib_score(logps, text) == pytest.approx(sum(logps) / len(zlib.compress(text.encode())))
+    assert auc([3, 4], [1, 2]) == 1.0 and auc([1, 2], [3, 4]) == 0.0 and auc([1, 2], [1, 2]) == 0.5
+
+
+def _probes(n):
+    return [Probe(query=f"Question number {i}?", answer=f"answer {i}", level="2", type="", subject="X") for i in range(n)]
+
+
+def test_relearning_split_never_trains_on_the_questions_it_scores():
+    probes = _probes(15)
+    train, held = split_probes(probes, seed=3)
+    assert {p.query for p in train}.isdisjoint({p.query for p in held})
+    assert len(train) + len(held) == 15 and abs(len(train) - len(held)) <= 1
+    assert split_probes(probes, seed=3) == (train, held)
+
+
+def test_incontext_prompts_hold_other_facts_never_the_asked_answer():
+    probes = _probes(6)
+    for p, q in zip(probes, with_context(probes, n_facts=3, seed=0)):
+        assert q.query.endswith(f"Question: {p.query}") and q.query.count("Answer:") == 3
+        assert f"Answer: {p.answer}\n" not in q.query and q.type == "incontext learning"
+
+
+def test_probe_is_scored_on_held_out_sentences():
+    pos, neg = [f"pos {i}" for i in range(40)], [f"neg {i}" for i in range(60)]
+    train, test = split(pos, neg, seed=0)
+    assert {s for s, _ in train}.isdisjoint({s for s, _ in test}) and len(test) == 24
+    torch.manual_seed(0)
+    x = torch.randn(200, 16)
+    y = (x[:, 0] > 0).long()
+    assert fit_and_score(x[:140], y[:140], x[140:], y[140:]) > 0.9
+    noise = torch.randint(0, 2, (200,))
+    assert fit_and_score(x[:140], noise[:140], x[140:], noise[140:]) < 0.75
+
+
+def test_atu_attack_over_a_tiny_run_writes_the_robustness_table(tmp_path):
+    out = tmp_path / "run"
+    r = atu("unlearn", *[a for a in TINY if not a.startswith("target=")], "target=Warren Buffett",
+            "eval.max_probes_per_file=4", f"run.output_dir={out}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = atu("attack", str(out), "--attacks", "quant4,relearn,incontext,rephrase,mia,probe")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads((out / "attacks" / "attacks.json").read_text())
+    assert {r["attack"] for r in rows} == {"quant4", "relearn", "incontext", "rephrase", "mia", "probe"}
+    assert all(r["seconds"] >= 0 for r in rows)
+    mia_rows = [r for r in rows if r["attack"] == "mia"]
+    assert len(mia_rows) == 3 and all(0 <= r["before"] <= 100 for r in mia_rows)
+    assert "| quant4 | forget_all |" in (out / "attacks" / "attacks.md").read_text()
+    bad = atu("attack", str(out), "--attacks", "quant3")
+    assert bad.returncode == 2 and "unknown attack 'quant3'" in bad.stderr
+
+
+def test_utility_scorers_on_hand_made_inputs():
+    from atu.evaluate.utility import bbh_answer, ngram_entropy, normalize
+
+    assert bbh_answer("A is True. So the answer is False.") == "False"
+    assert bbh_answer("Step one... So the answer is (B).\nQ: next") == "(B)"
+    assert normalize("The Eiffel Tower!") == "eiffel tower"
+    assert ngram_entropy("a a a a a") == 0.0  # one repeated bigram and trigram: no entropy
+    # four distinct bigrams (2 bits) and three distinct trigrams (log2 3 bits), weights 2/3 and 4/3, averaged
+    assert ngram_entropy("a b c d e") == pytest.approx((2 / 3 * 2 + 4 / 3 * math.log2(3)) / 2)
+
+
+def test_utility_runs_on_a_tiny_model_and_reports_chance_levels(tiny_model, tokenizer):
+    from atu.evaluate.utility import utility
+
+    out = utility(tiny_model, tokenizer, batch_size=4, limit=2, progress=lambda m: None)
+    assert set(out["scores"]) == {"mmlu", "bbh", "truthfulqa_mc1", "truthfulqa_mc2", "triviaqa", "fluency_entropy", "perplexity"}
+    assert 0 <= out["scores"]["mmlu"] <= 1 and out["chance"]["mmlu"] == 0.25
+    assert 0 < out["chance"]["truthfulqa_mc1"] < 1 and out["scores"]["perplexity"] > 1
+
+
+def test_attack_on_a_folder_that_is_not_a_run_says_so(tmp_path):
+    r = atu("attack", str(tmp_path))
+    assert r.returncode == 2 and "is not a run folder" in r.stderr and "Traceback" not in r.stderr

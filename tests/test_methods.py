@@ -1,0 +1,212 @@
+"""The baselines: each loss against a value computed by hand, and each method a few steps on a tiny model, changing
+exactly what it should train."""
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from atu.methods import get_method, method_config
+from atu.methods.common import mean_nll, prompt_answer_sequences, text_sequences, token_logps
+from atu.methods.rmu import rmu_forget_loss
+from atu.methods.token import dpo_loss, kl_from_logits, npo_loss, simnpo_loss
+
+FORGET = ["Warren Buffett is the chairman of Berkshire Hathaway and lives in Omaha, Nebraska.",
+          "Buffett bought shares of Coca-Cola in 1988 and wrote yearly letters to his shareholders."] * 3
+GENERAL = ["Water evaporates from the sea, condenses into clouds and falls again as rain or snow.",
+           "A prime number has exactly two divisors: one and itself."] * 3
+
+
+# ------------------------------------------------------------------ losses by hand
+
+def test_npo_equals_two_over_beta_log_two_when_policy_is_the_reference():
+    logp = torch.tensor([-12.0, -30.5])
+    for beta in (0.1, 1.0):
+        assert npo_loss(logp, logp.clone(), beta).item() == pytest.approx(2 / beta * math.log(2), rel=1e-6)
+    # lower policy likelihood than the reference -> lower loss (NPO pushes the forget text down)
+    assert npo_loss(logp - 5, logp, 0.1) < npo_loss(logp, logp, 0.1)
+
+
+def test_simnpo_and_dpo_match_hand_values():
+    assert simnpo_loss(torch.tensor([-2.0]), beta=2.5, gamma=0.0).item() == pytest.approx(-(2 / 2.5) * math.log(1 / (1 + math.exp(-5.0))), rel=1e-6)
+    assert simnpo_loss(torch.tensor([-2.0]), beta=2.5, gamma=1.0).item() == pytest.approx(-(2 / 2.5) * math.log(1 / (1 + math.exp(-4.0))), rel=1e-6)
+    z = torch.tensor([-7.0, -3.0])
+    assert dpo_loss(z, z, z, z, beta=0.1).item() == pytest.approx(math.log(2), rel=1e-6)
+    # chosen up by 2 nats vs the reference, rejected unchanged: -log σ(0.1 · 2)
+    assert dpo_loss(z + 2, z, z, z, beta=0.1).item() == pytest.approx(-math.log(1 / (1 + math.exp(-0.2))), rel=1e-6)
+
+
+def test_kl_is_zero_for_identical_logits_and_matches_a_hand_value():
+    logits = torch.randn(2, 3, 5)
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    assert kl_from_logits(logits, logits, mask).item() == pytest.approx(0.0, abs=1e-6)
+    p, q = torch.tensor([0.5, 0.5]), torch.tensor([0.9, 0.1])
+    hand = float((p * (p / q).log()).sum())
+    got = kl_from_logits(q.log().view(1, 1, 2), p.log().view(1, 1, 2), torch.ones(1, 1, dtype=torch.bool))
+    assert got.item() == pytest.approx(hand, rel=1e-5)
+
+
+def test_ga_gradient_is_minus_the_nll_gradient(tiny_model, tokenizer):
+    seqs = text_sequences(FORGET[:2], tokenizer, 32, "cpu")
+    method = _method("ga", tiny_model, tokenizer, steps=1)
+    method.prepare()
+    method.forget = seqs
+    method._rows = lambda s: torch.arange(len(s))
+    w = tiny_model.model.layers[0].mlp.down_proj.weight
+    nll_grad = torch.autograd.grad(mean_nll(tiny_model, seqs), w)[0]
+    ga_grad = torch.autograd.grad(method.term("ga"), w)[0]
+    assert torch.allclose(ga_grad, -nll_grad, atol=1e-7) and nll_grad.abs().sum() > 0
+
+
+def test_prompt_answer_sequences_label_only_the_answer(tokenizer):
+    seqs = prompt_answer_sequences([("Question: who?\nAnswer:", "I don't know.")], tokenizer, 64, "cpu")
+    labelled = seqs.labels[0][seqs.labels[0] != -100].tolist()
+    assert tokenizer.decode(labelled[:-1]).strip() == "I don't know." and labelled[-1] == tokenizer.eos_token_id
+
+
+def test_token_logps_are_log_probabilities_of_the_next_token(tiny_model, tokenizer):
+    seqs = text_sequences(["Omaha is in Nebraska."], tokenizer, 32, "cpu")
+    logps, mask = token_logps(tiny_model, seqs)
+    logits = tiny_model(input_ids=seqs.ids).logits.log_softmax(-1)
+    t = 2
+    assert logps[0, t - 1].item() == pytest.approx(logits[0, t - 1, seqs.ids[0, t]].item(), rel=1e-4)
+    assert not mask[0, 0] or seqs.labels[0, 1] != -100
+
+
+def test_rmu_forget_loss_is_zero_at_the_control_vector_and_grows_away_from_it():
+    control = torch.tensor([3.0, 4.0])
+    h = control.view(1, 1, 2).repeat(1, 3, 1)
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    assert rmu_forget_loss(h, control, mask, scale=25.0).item() == 0.0
+    assert rmu_forget_loss(h + torch.tensor([1.0, 0.0]), control, mask, scale=25.0).item() == pytest.approx(1 / 25)
+
+
+# ------------------------------------------------------------------ each method, a few steps on a tiny model
+
+def _context(model, tokenizer):
+    from atu import data as datalib
+    from atu.pipeline import RunContext
+
+    target = datalib.load_target("Warren Buffett")
+    return RunContext(model=model, tokenizer=tokenizer, encoder=None, device=torch.device("cpu"), target=target,
+                      target_name=target.name, forget_texts=FORGET, retain_texts=[], other_targets=[],
+                      general_texts=GENERAL, max_length=32, infer_batch_size=4)
+
+
+def _method(name, model, tokenizer, **settings):
+    cfg = method_config(OmegaConf.merge(OmegaConf.load(_yaml(name)), {"name": name, **settings}))
+    return get_method(name)(cfg, _context(model, tokenizer))
+
+
+def _yaml(name):
+    from importlib.resources import files
+
+    node = OmegaConf.load(str(files("atu.config").joinpath(f"method/{name}.yaml")))
+    node.pop("defaults", None)
+    path = f"/tmp/atu-test-{name}.yaml"
+    OmegaConf.save(node, path)
+    return path
+
+
+def _train(method):
+    from atu.engine import run_stages
+
+    method.prepare()
+    run_stages(method.stages(), method.modules(), lambda stage, info: None, lambda record: None)
+
+
+def _snapshot(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("name", ["ga", "gd", "kl", "npo", "npo_gd", "simnpo", "dpo", "rt"])
+def test_token_method_changes_the_model_and_logs_finite_losses(name, tokenizer):
+    from atu.models import tiny_lm
+
+    model = tiny_lm(seed=1).eval()
+    before = _snapshot(model)
+    method = _method(name, model, tokenizer, steps=2, lr=1e-3, batch_size=2)
+    loss, logs = (method.prepare(), method.loss(0))[1]
+    assert set(logs) == set(method.cfg.losses) and all(math.isfinite(v) for v in logs.values())
+    _train(method)
+    changed = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
+    assert "model.layers.0.mlp.down_proj.weight" in changed and len(changed) > len(before) // 2
+
+
+def test_lora_variant_trains_only_adapters_and_saves_a_merged_model(tokenizer, tmp_path):
+    from atu.models import tiny_lm
+
+    model = tiny_lm(seed=2).eval()
+    before = _snapshot(model)
+    method = _method("npo", model, tokenizer, steps=2, lr=1e-2, batch_size=2, lora=True, lora_r=4)
+    _train(method)
+    base = {n.replace("base_model.model.", "").replace(".base_layer", ""): p
+            for n, p in method.model.named_parameters() if "lora_" not in n}
+    assert all(torch.equal(base[n], before[n]) for n in before)  # base weights untouched while adapters train
+    assert method.trainable_parameters() < sum(p.numel() for p in before.values()) / 100
+    merged = method.model_to_save()
+    assert not torch.equal(merged.model.layers[0].self_attn.q_proj.weight, before["model.layers.0.self_attn.q_proj.weight"])
+
+
+def test_rmu_trains_only_the_chosen_mlps(tokenizer):
+    from atu.models import tiny_lm
+
+    model = tiny_lm(seed=3).eval()
+    before = _snapshot(model)
+    method = _method("rmu", model, tokenizer, steps=3, lr=1e-2, layer=3, train_blocks=[-1, 0])
+    _train(method)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(n.startswith(("model.layers.1.mlp.", "model.layers.2.mlp.")) for n in changed)
+
+
+def test_grun_leaves_every_base_weight_bit_for_bit_and_reloads(tokenizer, tmp_path):
+    from atu.methods.grun import load_intervention
+    from atu.models import tiny_lm
+
+    model = tiny_lm(seed=4).eval()
+    before = _snapshot(model)
+    method = _method("grun", model, tokenizer, steps=3, lr=1e-2, layer=2)
+    module_before = {n: p.detach().clone() for n, p in method.module.named_parameters()}
+    _train(method)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    assert any(not torch.equal(p, module_before[n]) for n, p in method.module.named_parameters())
+    ids = text_sequences(FORGET[:1], tokenizer, 32, "cpu").ids
+    with torch.no_grad():
+        hooked = model(input_ids=ids).logits
+    method.save(tmp_path)
+    fresh = tiny_lm(seed=4).eval()
+    with torch.no_grad():
+        plain = fresh(input_ids=ids).logits
+    load_intervention(fresh, tmp_path)
+    with torch.no_grad():
+        reloaded = fresh(input_ids=ids).logits
+    assert torch.allclose(reloaded, hooked, atol=1e-5) and not torch.allclose(plain, hooked, atol=1e-5)
+
+
+def test_icu_trains_nothing_and_puts_its_instruction_before_every_probe(tiny_model, tokenizer):
+    from atu.evaluate import build_prompt
+
+    method = _method("icu", tiny_model, tokenizer)
+    assert method.trainable_parameters() == 0 and method.model_to_save() is None
+    probe = _context(tiny_model, tokenizer).target.probes["forget_qa"][0]
+    prompt = build_prompt(probe, tokenizer, method.system_prompt)
+    assert prompt.startswith(method.system_prompt) and "Warren Buffett" in method.system_prompt
+
+
+def test_rt_and_dpo_training_data_come_from_templates_or_official_files(tokenizer):
+    from atu import data as datalib
+    from atu.methods.training_data import dpo_pairs, refusal_pairs
+
+    king = datalib.load_target("Stephen King")
+    pairs, source = refusal_pairs(king, tokenizer, 0)
+    assert source.startswith("official") and len(pairs) == 300
+    buffett = datalib.load_target("Warren Buffett")
+    pairs, source = refusal_pairs(buffett, tokenizer, 0)
+    assert "template" in source and all("Warren Buffett" in p for p, _ in pairs)
+    assert all(r in datalib.refusals() for _, r in pairs)
+    probes = {p.query for ps in buffett.probes.values() for p in ps}
+    assert not any(q in p for p, _ in pairs for q in probes)  # the forget probes never become training data
+    triples, _ = dpo_pairs(buffett, FORGET, "refusal", tokenizer, 0)
+    assert [t[2] for t in triples] == FORGET
+    with pytest.raises(Exception, match="no RWKU pair file"):
+        dpo_pairs(buffett, FORGET, "counterfactual", tokenizer, 0)
