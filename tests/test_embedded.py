@@ -22,7 +22,7 @@ def test_embedded_model_loads_offline_and_knows_its_facts():
 
 def test_atu_lowers_forget_score_of_the_real_model(tmp_path):
     out = tmp_path / "run"
-    args = ["target=Warren Buffett", "method.align_steps=150", "method.taus=[0.35]", "method.unlearn_steps=25",
+    args = ["target=Warren Buffett", "method.align_steps=150", "method.taus=[0.3]", "method.unlearn_steps=25",
             "eval.neighbours=false", "run.save_model=false", f"run.output_dir={out}"]
     r = subprocess.run([sys.executable, "-m", "atu.cli", "unlearn", *args], capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -150,8 +150,9 @@ def unlearn(cfg, reuse_before: Path | None = None) -> Path:
             raise AtuError(f"forget corpus {cfg.data.forget_corpus} is empty; give a JSON list of {{\"text\": ...}} passages")
     elif target.forget_corpus_source and not target.forget_corpus:
         raise AtuError(f"forget corpus {target.forget_corpus_source} is empty; add passages or pass data.forget_corpus=FILE")
-    # other targets' corpora are alignment data for the embedding head; token-level methods do not read them
-    others = choose_other_targets(target.name, cfg.data.other_targets, roots, cfg.run.seed) if method_cls.needs_encoder else []
+    # other targets' corpora: ATU's alignment data, GRUN's gate negatives; the other methods do not read them
+    uses_others = getattr(method_cls, "uses_other_targets", False)
+    others = choose_other_targets(target.name, cfg.data.other_targets, roots, cfg.run.seed) if uses_others else []
     out = run_dir_for(cfg, target)
     if out.exists() and any(out.iterdir()) and not cfg.run.overwrite:
         raise AtuError(f"run folder {out} already exists; pick another run.output_dir or pass run.overwrite=true")
@@ -225,7 +226,7 @@ def unlearn(cfg, reuse_before: Path | None = None) -> Path:
         say(_one_line(row))
 
     started = time.time()
-    also = f"alignment also reads {', '.join(ctx.other_targets) or 'no other target'}; " if method_cls.needs_encoder else ""
+    also = f"also reads {', '.join(ctx.other_targets) or 'no other target'}; " if uses_others else ""
     say(f"target {target.name}: {len(forget_texts)} forget passages ({target.forget_corpus_source}); {also}run folder {out}")
     evaluate_stage("before", {})
     utility_scores = {}

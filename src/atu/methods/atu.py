@@ -159,6 +159,7 @@ def unlearn_loss(pred: torch.Tensor, concept: torch.Tensor, valid: torch.Tensor,
 class ATU:
     Config = ATUConfig
     needs_encoder = True
+    uses_other_targets = True  # their corpora are alignment data for the head (and the retain term's text)
     system_prompt = None
 
     @staticmethod

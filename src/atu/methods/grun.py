@@ -72,7 +72,9 @@ class GRUNConfig:
     name: str = "grun"
     layer: Optional[int] = None  # None -> round(layers / 2)
     rank: int = 4
-    drive: str = "ga"  # ga | npo: the loss that drives the intervention on forget text
+    # ga | npo: the loss that drives the intervention on forget text. NPO by default: with GA (unbounded) the
+    # intervention grew until every gated answer was noise on gemma-3-270m (docs/compare.md)
+    drive: str = "npo"
     beta: float = 0.1  # NPO
     retain_weight: float = 1.0
     gate_weight: float = 1.0
@@ -87,6 +89,7 @@ class GRUNConfig:
 class GRUN:
     Config = GRUNConfig
     needs_encoder = False
+    uses_other_targets = True  # other people's text is the gate's hardest negative: the gate must not fire on it
     system_prompt = None
 
     @staticmethod
@@ -114,12 +117,13 @@ class GRUN:
         d = ctx.model.config.get_text_config().hidden_size
         self.module = GatedReFT(d, cfg.rank).to(ctx.device)
         self.training_data = {"forget": f"{len(ctx.forget_texts)} forget-corpus passages",
-                              "retain": f"{len(ctx.general_texts)} general retain passages (atu/data/retain)"}
+                              "retain": f"{len(ctx.general_texts)} general retain passages (atu/data/retain) + "
+                                        f"{len(ctx.retain_texts)} passages about {', '.join(ctx.other_targets) or 'no other target'}"}
 
     def prepare(self, progress=lambda msg: None) -> None:
         ctx = self.ctx
         self.forget = text_sequences(ctx.forget_texts, ctx.tokenizer, ctx.max_length, ctx.device)
-        self.retain = text_sequences(ctx.general_texts, ctx.tokenizer, ctx.max_length, ctx.device)
+        self.retain = text_sequences(ctx.general_texts + ctx.retain_texts, ctx.tokenizer, ctx.max_length, ctx.device)
         if self.cfg.drive == "npo":
             with torch.no_grad():
                 self.ref_forget = torch.cat([sequence_logps(self.model, self.forget.batch(torch.arange(i, min(i + 8, len(self.forget)))))
