@@ -164,6 +164,8 @@ def markdown(rows: list[dict]) -> str:
              "|---|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         b, a, x = r["before"], r["after"], r["after_attack"]
-        rec = f"{100 * (x - a) / (b - a):.0f}%" if None not in (b, a, x) and abs(b - a) > 1e-9 and r["attack"] not in ("probe", "mia") else "–"
+        # share of the forgotten score that the attack brings back (forget metrics only)
+        forget_metric = r["metric"].startswith(("forget", "rephrase", "multihop"))
+        rec = f"{100 * (x - a) / (b - a):.0f}%" if forget_metric and None not in (b, a, x) and abs(b - a) > 1e-9 else "–"
         lines.append(f"| {r['attack']} | {r['metric']} | {_fmt(b)} | {_fmt(a)} | {_fmt(x)} | {rec} | {r['seconds']} | {r['note']} |")
     return "\n".join(lines)
