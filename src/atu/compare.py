@@ -161,13 +161,16 @@ def plot(rows: list[dict], path: Path) -> None:
         if before and before["forget_all"] is not None:
             ax.scatter([before["forget_all"]], [before["neighbor_all"]], marker="*", s=160, color="black", zorder=3)
             ax.annotate("before", (before["forget_all"], before["neighbor_all"]), textcoords="offset points", xytext=(5, 5))
-        for method in dict.fromkeys(r["method"] for r in rows if r["target"] == target):
+        methods = list(dict.fromkeys(r["method"] for r in rows if r["target"] == target))
+        colors = plt.get_cmap("tab20" if len(methods) > 10 else "tab10")
+        for k, method in enumerate(methods):
             pts = [r for r in rows if r["target"] == target and r["method"] == method and r["stage"] != "before"
                    and r["forget_all"] is not None]
             if not pts:
                 continue
             xs, ys = [p["forget_all"] for p in pts], [p["neighbor_all"] for p in pts]
-            line, = ax.plot(xs, ys, marker="o", label=method if len(targets) == 1 else f"{method} ({target})")
+            line, = ax.plot(xs, ys, marker="o", color=colors(k % colors.N),
+                            label=method if len(targets) == 1 else f"{method} ({target})")
             ax.annotate(method, (xs[-1], ys[-1]), textcoords="offset points", xytext=(4, -10), fontsize=8,
                         color=line.get_color())
     ax.set_xlabel("forget all (ROUGE-L recall ×100) ← better")
