@@ -43,13 +43,13 @@ def run_all(methods: list[str], targets: list[str], out: Path, shared: list[str]
                           load_config(overrides + [f"run.output_dir={quote(run_dir)}", "run.overwrite=true"])))
     rows, before = [], {}  # target -> a finished run whose "before" evaluation the others reuse
     for i, (target, entry, run_dir, cfg) in enumerate(plans):
+        changes_start = any(o.startswith(STARTING_POINT) for o in per_method.get(entry, []))
         if _done(run_dir):
             say(f"[{i + 1}/{len(plans)}] {entry} on {target}: already done in {run_dir}, kept")
         else:
             say(f"[{i + 1}/{len(plans)}] {entry} on {target} -> {run_dir}")
-            changes_start = any(o.startswith(STARTING_POINT) for o in per_method.get(entry, []))
             unlearn(cfg, reuse_before=None if changes_start else before.get(target))
-        if not any(o.startswith(STARTING_POINT) for o in per_method.get(entry, [])):
+        if not changes_start:
             before.setdefault(target, run_dir)
         if attacks and not (run_dir / "attacks" / "attacks.json").exists():
             from .attacks import run_attacks
@@ -74,8 +74,10 @@ def _done(run_dir: Path) -> bool:
 
 def collect(run_dir: Path, entry: str) -> list[dict]:
     """One row per evaluation of a finished run: 'before', then each unlearning stage."""
+    from .pipeline import read_evals
+
     run = json.loads((run_dir / "run.json").read_text())
-    evals = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if '"event": "eval"' in l]
+    evals = read_evals(run_dir)
     rows = [{"method": entry, "target": run["target"], "stage": e["stage"], "tau": e.get("tau"),
              "seconds": run.get("seconds"), "trainable_parameters": run.get("trainable_parameters"),
              **{k: e.get(k) for k, _ in TABLE}, "run_dir": str(run_dir)} for e in evals]

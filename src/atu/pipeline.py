@@ -91,6 +91,12 @@ def write_json(path: Path, obj) -> None:
     tmp.replace(path)  # atomic: readers never see half a file
 
 
+def read_evals(run_dir: Path) -> list[dict]:
+    """The evaluation rows of a run folder's metrics.jsonl, in order ('before' first, then each stage)."""
+    rows = (json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip())
+    return [r for r in rows if r.get("event") == "eval"]
+
+
 def max_context(model) -> int | None:
     cfg = model.config.get_text_config()
     return getattr(cfg, "max_position_embeddings", None)
@@ -207,8 +213,7 @@ def unlearn(cfg, reuse_before: Path | None = None) -> Path:
         if not target.probes:
             return
         if stage_name == "before" and reuse_before is not None:
-            row = next(json.loads(l) for l in (reuse_before / "metrics.jsonl").read_text().splitlines()
-                       if '"event": "eval"' in l and '"stage": "before"' in l)
+            row = next(r for r in read_evals(reuse_before) if r["stage"] == "before")
             row = {k: v for k, v in row.items() if k != "event"} | {"reused_from": str(reuse_before)}
             history.append(row)
             log({"event": "eval", **row})
@@ -289,13 +294,7 @@ def evaluate_only(cfg, out_file: str | None = None, run_dir: Path | None = None)
                        "in a folder and pass data.roots=[FOLDER]")
     device = pick_device(cfg.run.device)
     say(f"loading model {cfg.model.name_or_path} on {device}")
-    model, tok = load_lm(cfg.model, device)
-    system = None
-    if run_dir is not None and (run_dir / "grun.json").exists():
-        from .methods.grun import load_intervention
-        load_intervention(model, run_dir)
-    if run_dir is not None and (run_dir / "icu_instruction.txt").exists():
-        system = (run_dir / "icu_instruction.txt").read_text().strip()
+    model, tok, system = load_run_model(run_dir, cfg, device) if run_dir is not None else (*load_lm(cfg.model, device), None)
     metrics, records = evaluate_model(model, tok, target, cfg, system)
     result = {"target": target.name, "model": cfg.model.name_or_path, "metrics": metrics, "predictions": records}
     if cfg.eval.utility:

@@ -22,10 +22,6 @@ ATTACKS = ("quant8", "quant4", "relearn", "incontext", "rephrase", "probe", "mia
 FORGET_AND_NEIGHBOURS = ("forget_fb", "forget_qa", "forget_aa", "neighbor_fb", "neighbor_qa")
 
 
-def _evals(run_dir: Path) -> list[dict]:
-    return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if '"event": "eval"' in l]
-
-
 def _mean(records: list[dict], keep) -> float | None:
     scores = [r["score"] for r in records if keep(r)]
     return statistics.fmean(scores) if scores else None
@@ -35,12 +31,12 @@ def run_attacks(run_dir: Path, names: list[str], cfg, say=print) -> list[dict]:
     from .. import data as datalib
     from ..evaluate import evaluate_target
     from ..models import load_lm, pick_device
-    from ..pipeline import choose_other_targets, load_run_model, write_json
+    from ..pipeline import choose_other_targets, load_run_model, read_evals, write_json
 
     unknown = [n for n in names if n not in ATTACKS]
     if unknown:
         raise AtuError(f"unknown attack {unknown[0]!r}.{did_you_mean(unknown[0], ATTACKS)} Known: {', '.join(ATTACKS)}")
-    evals = _evals(run_dir)
+    evals = read_evals(run_dir)
     if not evals or evals[0]["stage"] != "before":
         raise AtuError(f"{run_dir} has no 'before' evaluation; attacks compare against it (run atu unlearn with probes)")
     before_row, after_row = evals[0], evals[-1]
@@ -148,10 +144,8 @@ def _probe_layer(run_dir: Path, model) -> int:
 
 def _mia_texts(target) -> tuple[list[str], list[str]]:
     def load(name):
-        for folder in target.folders:
-            if (folder / name).is_file():
-                return [it["text"] for it in json.loads((folder / name).read_text())]
-        return []
+        path = target.file(name)
+        return [it["text"] for it in json.loads(path.read_text())] if path else []
     return load("forget_mia.json"), load("retain_mia.json")
 
 

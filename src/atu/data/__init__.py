@@ -63,6 +63,10 @@ class Target:
     def slug(self) -> str:
         return slug(self.name)
 
+    def file(self, name: str) -> Path | None:
+        """`name` in the first of this target's folders that has it (user roots before shipped data)."""
+        return next((f / name for f in self.folders if (f / name).is_file()), None)
+
 
 def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
@@ -168,13 +172,13 @@ def load_target(name: str, extra_roots=(), allow_new: bool = False, max_probes: 
     folders = target_folders(extra_roots).get(name, [])
     target = Target(name=name, intro=intros().get(name), folders=folders)
     for key, fname in PROBE_FILES.items():
-        path = next((f / fname for f in folders if (f / fname).is_file()), None)
+        path = target.file(fname)
         if path is not None:
             items = load_json_list(path)
             probes = [Probe.parse(it, f"{path} item {i}") for i, it in enumerate(items)]
             target.probes[key] = probes[:max_probes] if max_probes else probes
     for fname in FORGET_CORPUS_FILES:
-        path = next((f / fname for f in folders if (f / fname).is_file()), None)
+        path = target.file(fname)
         if path is not None:
             target.forget_corpus, target.forget_corpus_source = load_texts(path), str(path)
             break

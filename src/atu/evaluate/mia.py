@@ -30,11 +30,13 @@ def auc(members: list[float], nonmembers: list[float]) -> float:
 
 
 @torch.no_grad()
-def token_logps_of(model, tokenizer, texts: list[str], max_length: int = 256) -> list[list[float]]:
+def token_logps_of(model, tokenizer, texts: list[str], max_length: int | None = 256) -> list[list[float]]:
+    """log p(token_t | tokens < t) for every token after the first, one list per text (cut at max_length tokens)."""
     device = next(model.parameters()).device
     out = []
     for text in texts:
-        ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=max_length)["input_ids"].to(device)
+        ids = tokenizer(text, return_tensors="pt", truncation=max_length is not None,
+                        max_length=max_length)["input_ids"].to(device)
         logp = model(input_ids=ids).logits[0, :-1].float().log_softmax(-1)
         out.append(logp.gather(-1, ids[0, 1:, None]).squeeze(-1).tolist())
     return out

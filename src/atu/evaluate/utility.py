@@ -10,7 +10,6 @@ import re
 import string
 import time
 from collections import Counter
-from pathlib import Path
 
 import torch
 
@@ -141,16 +140,11 @@ def _generate_free(model, tokenizer, prompts, batch_size, max_new_tokens, stop_a
     return outs
 
 
-@torch.no_grad()
 def perplexity(model, tokenizer, texts: list[str]) -> float:
-    device = next(model.parameters()).device
-    nll, n = 0.0, 0
-    for t in texts:
-        ids = tokenizer(t, return_tensors="pt")["input_ids"].to(device)
-        logp = model(input_ids=ids).logits[0, :-1].float().log_softmax(-1)
-        nll -= float(logp.gather(-1, ids[0, 1:, None]).sum())
-        n += ids.shape[1] - 1
-    return math.exp(nll / n)
+    from .mia import token_logps_of
+
+    logps = [lp for text in token_logps_of(model, tokenizer, texts, max_length=None) for lp in text]
+    return math.exp(-sum(logps) / len(logps))
 
 
 def utility(model, tokenizer, batch_size: int = 8, limit: int | None = None, progress=print) -> dict:

@@ -19,14 +19,13 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..engine import Stage
 from ..errors import AtuError
 from ..head import EmbeddingHead
 from ..models import decoder_layers
 from . import register
-from .common import OPTIMIZERS, hidden_at, masked_mean, pick_layer, relative_drift
+from .common import OPTIMIZERS, cache_states, hidden_at, masked_mean, pick_layer, relative_drift
 
 
 @dataclass
@@ -127,19 +126,6 @@ class Batchable:
     def batch(self, rows: torch.Tensor):
         T = int(self.lengths[rows].max())
         return self.ids[rows, :T], self.attn[rows, :T], self.valid[rows, :T], self.targets[rows, :T]
-
-
-@torch.no_grad()
-def cache_states(model, layer: int, data: Batchable, batch_size: int) -> torch.Tensor:
-    out = None
-    for start in range(0, len(data), batch_size):
-        rows = torch.arange(start, min(start + batch_size, len(data)), device=data.ids.device)
-        T = int(data.lengths[rows].max())
-        h = hidden_at(model, layer, data.ids[rows, :T], data.attn[rows, :T])
-        if out is None:
-            out = torch.zeros(len(data), data.ids.shape[1], h.shape[-1], dtype=h.dtype, device=h.device)
-        out[rows, :T] = h
-    return out
 
 
 # ------------------------------------------------------------------ losses

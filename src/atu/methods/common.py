@@ -59,6 +59,20 @@ def hidden_at(model, layer: int, ids: torch.Tensor, attn: torch.Tensor) -> torch
     return store["h"]
 
 
+@torch.no_grad()
+def cache_states(model, layer: int, data, batch_size: int) -> torch.Tensor:
+    """hidden_at for every row of `data` (anything with ids, attn, lengths), zero-padded to data's full width."""
+    out = None
+    for start in range(0, len(data), batch_size):
+        rows = torch.arange(start, min(start + batch_size, len(data)), device=data.ids.device)
+        T = int(data.lengths[rows].max())
+        h = hidden_at(model, layer, data.ids[rows, :T], data.attn[rows, :T])
+        if out is None:
+            out = torch.zeros(len(data), data.ids.shape[1], h.shape[-1], dtype=h.dtype, device=h.device)
+        out[rows, :T] = h
+    return out
+
+
 # ------------------------------------------------------------------ token sequences with labels
 
 @dataclass
@@ -71,8 +85,12 @@ class Sequences:
     def __len__(self):
         return self.ids.shape[0]
 
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.attn.sum(1)
+
     def batch(self, rows: torch.Tensor) -> "Sequences":
-        T = int(self.attn[rows].sum(1).max())
+        T = int(self.lengths[rows].max())
         return Sequences(self.ids[rows, :T], self.attn[rows, :T], self.labels[rows, :T])
 
 
@@ -127,6 +145,13 @@ def sequence_logps(model, seqs: Sequences, average: bool = False) -> torch.Tenso
     logps, mask = token_logps(model, seqs)
     total = logps.sum(1)
     return total / mask.sum(1).clamp(min=1) if average else total
+
+
+@torch.no_grad()
+def all_sequence_logps(model, seqs: Sequences, batch_size: int) -> torch.Tensor:
+    """sequence_logps for every row, in batches: a frozen reference's values, computed once before training."""
+    rows = torch.arange(len(seqs), device=seqs.ids.device)
+    return torch.cat([sequence_logps(model, seqs.batch(rows[i:i + batch_size])) for i in range(0, len(seqs), batch_size)])
 
 
 def mean_nll(model, seqs: Sequences) -> torch.Tensor:

@@ -22,8 +22,8 @@ from ..engine import Stage
 from ..errors import AtuError
 from ..models import decoder_layers
 from . import register
-from .common import (OPTIMIZERS, count_parameters, masked_mean, mean_nll, pick_layer, sample_rows, sequence_logps,
-                     text_sequences)
+from .common import (OPTIMIZERS, all_sequence_logps, count_parameters, masked_mean, mean_nll, pick_layer, sample_rows,
+                     sequence_logps, text_sequences)
 from .token import npo_loss
 
 
@@ -125,9 +125,7 @@ class GRUN:
         self.forget = text_sequences(ctx.forget_texts, ctx.tokenizer, ctx.max_length, ctx.device)
         self.retain = text_sequences(ctx.general_texts + ctx.retain_texts, ctx.tokenizer, ctx.max_length, ctx.device)
         if self.cfg.drive == "npo":
-            with torch.no_grad():
-                self.ref_forget = torch.cat([sequence_logps(self.model, self.forget.batch(torch.arange(i, min(i + 8, len(self.forget)))))
-                                             for i in range(0, len(self.forget), 8)])
+            self.ref_forget = all_sequence_logps(self.model, self.forget, ctx.infer_batch_size)
         self.handle = attach(self.model, self.module, self.ell)  # stays on: evaluation sees the intervention
 
     def params(self):

@@ -16,8 +16,8 @@ from ..engine import Stage
 from ..errors import AtuError
 from ..models import decoder_layers
 from . import register
-from .common import (OPTIMIZERS, count_parameters, hidden_at, masked_mean, pick_layer, relative_drift, sample_rows,
-                     text_sequences)
+from .common import (OPTIMIZERS, cache_states, count_parameters, hidden_at, masked_mean, pick_layer, relative_drift,
+                     sample_rows, text_sequences)
 
 
 @dataclass
@@ -70,22 +70,13 @@ class RMU:
         self.training_data = {"forget": f"{len(ctx.forget_texts)} forget-corpus passages",
                               "retain": f"{len(ctx.general_texts)} general retain passages (atu/data/retain)"}
 
-    @torch.no_grad()
-    def _states(self, seqs):
-        out = []
-        for start in range(0, len(seqs), self.ctx.infer_batch_size):
-            b = seqs.batch(torch.arange(start, min(start + self.ctx.infer_batch_size, len(seqs)), device=seqs.ids.device))
-            h = hidden_at(self.model, self.ell, b.ids, b.attn)
-            out.append(torch.nn.functional.pad(h, (0, 0, 0, seqs.ids.shape[1] - h.shape[1])))
-        return torch.cat(out)
-
     def prepare(self, progress=lambda msg: None) -> None:
         ctx = self.ctx
         self.forget = text_sequences(ctx.forget_texts, ctx.tokenizer, ctx.max_length, ctx.device)
         self.retain = text_sequences(ctx.general_texts, ctx.tokenizer, ctx.max_length, ctx.device)
         progress(f"caching the frozen model's layer-{self.ell} activations on retain text")
-        self.retain_states0 = self._states(self.retain)
-        forget0 = self._states(self.forget)
+        self.retain_states0 = cache_states(self.model, self.ell, self.retain, ctx.infer_batch_size)
+        forget0 = cache_states(self.model, self.ell, self.forget, ctx.infer_batch_size)
         norms = forget0.float().norm(dim=-1)[self.forget.attn]
         self.scale = float(norms.pow(2).mean())
         g = torch.Generator().manual_seed(ctx.seed)

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from ..engine import Stage
 from ..errors import AtuError
 from . import register
-from .common import (LORA_TARGETS, OPTIMIZERS, Sequences, add_lora, count_parameters, mean_nll, sample_rows,
-                     sequence_logps, text_sequences, token_logps)
+from .common import (LORA_TARGETS, OPTIMIZERS, Sequences, add_lora, all_sequence_logps, count_parameters, mean_nll,
+                     sample_rows, sequence_logps, text_sequences)
 from .training_data import dpo_pairs, refusal_pairs
 
 TERMS = ("ga", "npo", "simnpo", "dpo", "rt", "retain_nll", "retain_kl")
@@ -126,9 +126,10 @@ class TokenMethod:
             progress("computing the reference model's log-probabilities once")
             with torch.no_grad(), self._reference():
                 if "npo" in terms:
-                    self.ref_forget = self._all_logps(self.forget)
+                    self.ref_forget = all_sequence_logps(self.model, self.forget, ctx.infer_batch_size)
                 if "dpo" in terms:
-                    self.ref_chosen, self.ref_rejected = self._all_logps(self.chosen), self._all_logps(self.rejected)
+                    self.ref_chosen = all_sequence_logps(self.model, self.chosen, ctx.infer_batch_size)
+                    self.ref_rejected = all_sequence_logps(self.model, self.rejected, ctx.infer_batch_size)
         # KL needs the reference's full distribution at every step: a frozen copy (LoRA: the adapters switched off)
         self.reference = None
         if "retain_kl" in terms and not cfg.lora:
@@ -139,13 +140,6 @@ class TokenMethod:
         import contextlib
 
         return self.model.disable_adapter() if self.cfg.lora else contextlib.nullcontext()
-
-    def _all_logps(self, seqs: Sequences) -> torch.Tensor:
-        out = []
-        for start in range(0, len(seqs), self.ctx.infer_batch_size):
-            rows = torch.arange(start, min(start + self.ctx.infer_batch_size, len(seqs)), device=seqs.ids.device)
-            out.append(sequence_logps(self.model, seqs.batch(rows)))
-        return torch.cat(out)
 
     def params(self):
         return [p for n, p in self.model.named_parameters() if not self.cfg.lora or "lora_" in n]

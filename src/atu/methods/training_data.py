@@ -32,9 +32,9 @@ def _question_prompt(question: str, tokenizer) -> str:
 
 def _official(target, names: tuple[str, ...]) -> tuple[list, str] | tuple[None, None]:
     for name in names:
-        for folder in target.folders:
-            if (folder / name).is_file():
-                return json.loads((folder / name).read_text()), str(folder / name)
+        path = target.file(name)
+        if path is not None:
+            return json.loads(path.read_text()), str(path)
     return None, None
 
 
