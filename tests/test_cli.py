@@ -1,15 +1,14 @@
-"""The command as a user runs it: tiny model end to end, and one clear line for each bad input."""
+"""The command as a user runs it: tiny model end to end (bad inputs: test_bad_input.py)."""
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-import pytest
 import torch
 
 TINY = ["model=tiny", "target=Stephen King", "method.align_steps=10", "method.realign_steps=3", "method.unlearn_steps=3",
         "method.taus=[0.3,0.1]", "data.max_passages=6", "data.other_targets=1", "eval.max_probes_per_file=2",
-        "method.unlearn_params=below_hook", "method.hook_layer=2", "method.unlearn_lr=1e-3"]
+        "method.unlearn_params=below_hook", "method.hook_layer=2", "method.unlearn_lr=1e-3", "method.head_width=64",
+        "method.head_layers=1", "method.head_heads=2"]
 
 
 def atu(*args, cwd=None):
@@ -53,45 +52,3 @@ def test_tiny_unlearn_run_writes_a_complete_loadable_run_folder(tmp_path):
     sets = {r["set"] for r in result["predictions"]}
     assert result["target"] == "Stephen King" and {"forget_fb", "forget_qa", "forget_aa", "neighbor_qa"} <= sets
     assert result["metrics"]["n_probes"] == 2 * len(sets)  # eval.max_probes_per_file=2
-
-
-@pytest.mark.parametrize("args, message", [
-    (["target=Warren Bufett"], "unknown target 'Warren Bufett'. Did you mean: Warren Buffett"),
-    (["method=atu_typo"], "unknown method 'atu_typo'"),
-    (["method.tauss=[0.5]"], "bad method setting 'tauss'"),
-    (["method.taus=[1.5]"], "outside [-1, 1]"),
-    (["method.taus=[0.3,0.5]"], "must not increase"),
-    (["method.unlearn_steps=-1"], "must be positive"),
-    (["method.unlearn_batch_size=0"], "must be at least 1"),
-    (["model.name_or_path=/nonexistent/model"], "does not exist"),
-    (["model.name_or_path=/tmp/none.gguf"], "does not exist"),
-    (["method.hook_layer=9"], "outside this model's 1..4 layers"),
-    (["data.forget_corpus=EMPTY"], "is empty"),
-    (["data.max_length=100000"], "exceeds the model's context"),
-    (["eval.batch_size=0"], "must be at least 1"),
-    (["encoder.name_or_path=/nonexistent/enc"], "does not exist"),
-])
-def test_bad_input_gives_one_line_and_leaves_no_run_folder(tmp_path, args, message):
-    empty = tmp_path / "empty.json"
-    empty.write_text("[]")
-    args = [a.replace("EMPTY", str(empty)) for a in args]
-    out = tmp_path / "run"
-    r = atu("unlearn", "model=tiny", "target=Stephen King", *args, f"run.output_dir={out}")
-    assert r.returncode == 2
-    assert message in r.stderr, r.stderr
-    errors = [l for l in r.stderr.splitlines() if l.startswith("atu: error:")]
-    assert len(errors) == 1 and "Traceback" not in r.stderr
-    assert not out.exists()
-
-
-def test_existing_run_folder_is_not_overwritten(tmp_path):
-    out = tmp_path / "run"
-    out.mkdir()
-    (out / "keep.txt").write_text("x")
-    r = atu("unlearn", "model=tiny", "target=Stephen King", f"run.output_dir={out}")
-    assert r.returncode == 2 and "already exists" in r.stderr and (out / "keep.txt").exists()
-
-
-def test_eval_without_probes_is_a_clear_message():
-    r = atu("eval", "model=tiny", "target=Ada Lovelace", "data.allow_new_target=true")
-    assert r.returncode == 2 and "no probes exist for Ada Lovelace" in r.stderr

@@ -27,6 +27,11 @@ def test_compare_writes_table_plot_and_resumes(tmp_path):
     assert again.returncode == 0 and "already done" in again.stderr, again.stderr[-2000:]
     assert (out / "Warren_Buffett" / "ga" / "run.json").stat().st_mtime == stamp
     assert "quant4: forget_all" in (out / "compare.md").read_text()  # the robustness numbers join the table
+    page = (out / "report.html").read_text()  # the comparison's report links every run's own report
+    for method in ("icu", "ga"):
+        assert f'href="Warren_Buffett/{method}/report.html"' in page
+        assert (out / "Warren_Buffett" / method / "report.html").exists()
+    assert 'src="tradeoff.png"' in page and "quant4: forget_all" in page
 
 
 def test_compare_rejects_bad_method_lists_before_running_anything(tmp_path):

@@ -31,3 +31,14 @@ def test_atu_lowers_forget_score_of_the_real_model(tmp_path):
     assert before["forget_all"] > 10  # the model knows the target
     assert after["forget_all"] < before["forget_all"]
     assert "Warren Buffett" in (out / "report.md").read_text()
+
+    # the real model's report renders in headless Chromium with every plot
+    from test_report import CHROMEDRIVER, CHROMIUM, screenshot, start_browser
+    if CHROMIUM and CHROMEDRIVER:
+        driver = start_browser()
+        try:
+            page = screenshot(driver, out / "report.html", tmp_path / "report-embedded.png")
+        finally:
+            driver.quit()
+        assert page["title"] == "Unlearning Warren Buffett with atu" and page["images"]
+        assert all(ok for _, ok in page["images"]), page["images"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 
 from .errors import AtuError
@@ -12,6 +13,8 @@ HELP = """\
 atu: make a language model forget a concept, and measure that it is gone.
 
   atu unlearn [key=value ...]          unlearn (default: ATU, embedded gemma-3-270m, target Warren Buffett)
+  atu unlearn --resume RUN_DIR         continue a killed or failed run from its last checkpoint
+  atu report RUN_DIR                   (re)write RUN_DIR/report.html and report.md with plots (run or compare folder)
   atu eval [MODEL] [key=value ...]     score a model (dir, .gguf, hub id, or a run folder) on a target's RWKU probes
   atu targets [--intro] [key=value ...] rank targets by how much the model knows about them
   atu attack RUN_DIR [--attacks quant8,quant4,relearn,incontext,rephrase,probe,mia] [key=value ...]
@@ -29,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub unless the user turns this off
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    signal.signal(signal.SIGTERM, _terminate)  # SLURM preemption / scancel: stop like Ctrl-C, run.json says so
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(HELP)
         return 0 if argv else 2
@@ -44,13 +48,19 @@ def main(argv: list[str] | None = None) -> int:
             return _compare(rest)
         if command == "attack":
             return _attack(rest)
-        raise AtuError(f"unknown command {command!r}; use unlearn, eval, targets, compare or attack (atu --help)")
+        if command == "report":
+            return _report(rest)
+        raise AtuError(f"unknown command {command!r}; use unlearn, eval, targets, compare, attack or report (atu --help)")
     except AtuError as e:
         print(f"atu: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("atu: interrupted", file=sys.stderr)
         return 130
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _split(rest: list[str], flags: dict[str, bool | str]):
@@ -67,14 +77,35 @@ def _split(rest: list[str], flags: dict[str, bool | str]):
 
 
 def _unlearn(rest) -> int:
-    from .config import load_config
-    from .pipeline import unlearn
+    from pathlib import Path
 
-    args, overrides = _split(rest, {})
+    from .config import load_config
+    from .pipeline import resume_config, unlearn
+
+    args, overrides = _split(rest, {"--resume": True})
     if args.help:
         print(HELP)
         return 0
-    unlearn(load_config(overrides))
+    if args.resume:
+        unlearn(resume_config(Path(args.resume), overrides), resume=True)
+    else:
+        unlearn(load_config(overrides))
+    return 0
+
+
+def _report(rest) -> int:
+    from pathlib import Path
+
+    from .report import write_report
+
+    args, paths = _split(rest, {})
+    if args.help or len(paths) != 1:
+        print(HELP)
+        if not args.help:
+            raise AtuError("atu report needs one run or compare folder: atu report runs/<run>")
+        return 0
+    html = write_report(Path(paths[0]))
+    print(html)
     return 0
 
 
@@ -117,7 +148,8 @@ def _targets(rest) -> int:
     from . import data as datalib
     from .evaluate.screen import screen
     from .models import load_lm, pick_device
-    from .pipeline import _progress_factory, say, write_json
+    from .files import write_json
+    from .pipeline import _progress_factory, say
 
     args, overrides = _split(rest, {"--intro": False, "--out": True, "--top": True})
     if args.help:

@@ -31,7 +31,7 @@ def method_overrides(entry: str, per_method: dict[str, list[str]]) -> list[str]:
 def run_all(methods: list[str], targets: list[str], out: Path, shared: list[str], per_method: dict[str, list[str]],
             say=print, attacks: list[str] | None = None) -> list[dict]:
     from .config import load_config, quote
-    from .pipeline import unlearn
+    from .pipeline import resume_config, unlearn
 
     # validate every configuration before the first (long) run starts
     plans = []
@@ -46,6 +46,9 @@ def run_all(methods: list[str], targets: list[str], out: Path, shared: list[str]
         changes_start = any(o.startswith(STARTING_POINT) for o in per_method.get(entry, []))
         if _done(run_dir):
             say(f"[{i + 1}/{len(plans)}] {entry} on {target}: already done in {run_dir}, kept")
+        elif _resumable(run_dir, cfg):
+            say(f"[{i + 1}/{len(plans)}] {entry} on {target}: resuming the interrupted run in {run_dir}")
+            unlearn(resume_config(run_dir, []), resume=True)
         else:
             say(f"[{i + 1}/{len(plans)}] {entry} on {target} -> {run_dir}")
             unlearn(cfg, reuse_before=None if changes_start else before.get(target))
@@ -56,6 +59,8 @@ def run_all(methods: list[str], targets: list[str], out: Path, shared: list[str]
             run_attacks(run_dir, attacks, cfg, say)
         rows.extend(collect(run_dir, entry))
     write_outputs(rows, out)
+    from .report import write_report
+    write_report(out)
     return rows
 
 
@@ -70,6 +75,18 @@ def _done(run_dir: Path) -> bool:
         return json.loads((run_dir / "run.json").read_text()).get("status") == "done"
     except (OSError, ValueError):
         return False
+
+
+def _resumable(run_dir: Path, cfg) -> bool:
+    """An interrupted run of exactly this configuration, with a checkpoint to continue from."""
+    from omegaconf import OmegaConf
+
+    from .checkpoint import latest
+    from .pipeline import config_changes
+
+    if latest(run_dir / "checkpoints") is None or not (run_dir / "config.yaml").exists():
+        return False
+    return not config_changes(OmegaConf.load(run_dir / "config.yaml"), cfg)
 
 
 def collect(run_dir: Path, entry: str) -> list[dict]:
@@ -137,17 +154,20 @@ def _avg(values):
     return sum(values) / len(values) if values else None
 
 
-def markdown(rows: list[dict]) -> str:
+def table(rows: list[dict]):
+    from .report import Table
+
     finals = final_rows(rows)
     extra = list(dict.fromkeys(k for r in finals for k in r if ": " in k))  # attack columns, when attacks ran
-    lines = ["| Method | Target | " + " | ".join(label for _, label in TABLE) + " | Time (s) | Trainable params |"
-             + "".join(f" {k} |" for k in extra),
-             "|---|---|" + "---:|" * (len(TABLE) + 2 + len(extra))]
-    for r in finals + target_means(finals):
-        lines.append(f"| {r['method']} | {r['target']} | " + " | ".join(_fmt(r[k]) for k, _ in TABLE)
-                     + f" | {_fmt(r['seconds'], 0)} | {_count(r['trainable_parameters'])} |"
-                     + "".join(f" {_fmt(r.get(k))} |" for k in extra))
-    return "\n".join(lines)
+    body = [[r["method"], r["target"]] + [_fmt(r[k]) for k, _ in TABLE]
+            + [_fmt(r["seconds"], 0), _count(r["trainable_parameters"])] + [_fmt(r.get(k)) for k in extra]
+            for r in finals + target_means(finals)]
+    return Table(["Method", "Target"] + [label for _, label in TABLE] + ["Time (s)", "Trainable params"] + extra, body,
+                 [False, False] + [True] * (len(TABLE) + 2 + len(extra)))
+
+
+def markdown(rows: list[dict]) -> str:
+    return table(rows).markdown()
 
 
 def plot(rows: list[dict], path: Path) -> None:

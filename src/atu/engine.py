@@ -29,15 +29,45 @@ class Stage:
     train: list[nn.Module] = field(default_factory=list)  # modules in train mode (dropout) during this stage
 
 
+@dataclass
+class Resume:
+    """Where a checkpoint left off: continue stage `stage` at `step` (0: the stage had not started)."""
+    stage: int
+    step: int
+    info: dict  # what the stage's setup returned when it first ran (mid-stage only)
+    optimizer: Optional[dict]  # the stage optimizer's state_dict (mid-stage only)
+    rng: dict
+
+
+# Called with (position, optimizer or None, ids of every parameter trained so far) whenever a checkpoint is due.
+Checkpoint = Callable[[dict, Optional[torch.optim.Optimizer], set], None]
+
+
 def run_stages(stages: list[Stage], modules: list[nn.Module], on_stage_end: Callable[[Stage, dict], None],
-               log: Callable[[dict], None], log_every: int = 10) -> None:
-    """Run `stages` in order. `modules` are everything that could train; only a stage's own params get gradients."""
+               log: Callable[[dict], None], checkpoint: Optional[Checkpoint] = None, every: int = 0,
+               resume: Optional[Resume] = None, log_every: int = 10) -> None:
+    """Run `stages` in order. `modules` are everything that could train; only a stage's own params get gradients.
+
+    A checkpoint is due after every stage (after its evaluation) and every `every` steps inside a stage. With
+    `resume`, stages before resume.stage are skipped (their effect is in the restored parameters and method state);
+    a stage resumed mid-way re-runs its setup for its side effects but keeps the logged info of its first start."""
     from tqdm.auto import tqdm
 
+    from .checkpoint import set_rng_state
+
     everything = [p for m in modules for p in m.parameters()]
+    trained: set[int] = set()  # what a checkpoint must keep: parameters no stage trained equal the loaded model's
+    offsets = [sum(s.steps for s in stages[:i]) for i in range(len(stages))]  # global step of each stage's first step
     for index, stage in enumerate(stages):
+        if resume is not None and index < resume.stage:
+            trained |= {id(p) for p in stage.params()}
+            continue
+        mid_stage = resume is not None and index == resume.stage and resume.step > 0
+        if resume is not None and index == resume.stage and not mid_stage:
+            set_rng_state(resume.rng)
         info = stage.setup() if stage.setup else {}
         params = stage.params()
+        trained |= {id(p) for p in params}
         chosen = {id(p) for p in params}
         for p in everything:
             p.requires_grad_(id(p) in chosen)
@@ -46,14 +76,23 @@ def run_stages(stages: list[Stage], modules: list[nn.Module], on_stage_end: Call
         for m in stage.train:
             m.train()
         optimizer = stage.optimizer(params) if stage.steps > 0 else None
-        log({"event": "stage_start", "stage": stage.name, "kind": stage.kind, "index": index, "steps": stage.steps, **info})
+        first = 0
+        if mid_stage:
+            info, first = resume.info, resume.step
+            optimizer.load_state_dict(resume.optimizer)
+            set_rng_state(resume.rng)
+        else:
+            log({"event": "stage_start", "stage": stage.name, "kind": stage.kind, "index": index, "steps": stage.steps,
+                 **info})
         started, last = time.time(), {}
-        bar = tqdm(range(stage.steps), desc=f"{stage.name:>10}", disable=not sys.stderr.isatty(), leave=False)
+        bar = tqdm(range(first, stage.steps), desc=f"{stage.name:>10}", disable=not sys.stderr.isatty(), leave=False,
+                   initial=first, total=stage.steps)
         for step in bar:
             loss, numbers = stage.loss(step)
             if not math.isfinite(loss.item()):
-                raise AtuError(f"stage {stage.name} step {step}: loss became {loss.item()}; lower the learning rate "
-                               "(or raise method.grad_clip) and run again")
+                kept = " The last good checkpoint is kept in the run folder." if checkpoint else ""
+                raise AtuError(f"stage {stage.name} step {step}: the loss became {loss.item()}; lower the learning rate "
+                               f"(or method.grad_clip) and start the run again.{kept}")
             optimizer.zero_grad(set_to_none=True)
             if loss.requires_grad:
                 loss.backward()
@@ -63,7 +102,9 @@ def run_stages(stages: list[Stage], modules: list[nn.Module], on_stage_end: Call
             last = numbers
             if step % log_every == 0 or step == stage.steps - 1:
                 bar.set_postfix({k: f"{v:.4f}" for k, v in numbers.items()})
-                log({"event": "step", "stage": stage.name, "step": step, **numbers})
+                log({"event": "step", "stage": stage.name, "step": step, "global_step": offsets[index] + step, **numbers})
+            if checkpoint and every and (step + 1) % every == 0 and step + 1 < stage.steps:
+                checkpoint({"stage": index, "step": step + 1, "info": info}, optimizer, trained)
         for p in everything:
             p.requires_grad_(False)
         for m in modules:
@@ -71,3 +112,5 @@ def run_stages(stages: list[Stage], modules: list[nn.Module], on_stage_end: Call
         summary = {"stage": stage.name, "kind": stage.kind, "seconds": round(time.time() - started, 2), **info, **last}
         log({"event": "stage_end", **summary})
         on_stage_end(stage, summary)
+        if checkpoint:
+            checkpoint({"stage": index + 1, "step": 0, "info": {}}, None, trained)

@@ -7,6 +7,7 @@ model.local_files_only=false). A local path never touches the hub.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 from pathlib import Path
@@ -74,6 +75,10 @@ def prepare_tokenizer(tok) -> None:
 def _from_dir(path, dtype, trust_remote_code, local_files_only, revision=None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    config = Path(path) / "config.json"
+    if not trust_remote_code and config.is_file() and "auto_map" in json.loads(config.read_text() or "{}"):
+        raise AtuError(f"model {path} ships its own Python code (auto_map in config.json), which atu runs only when "
+                       "you pass model.trust_remote_code=true; do so only if you trust its source")
     kw = dict(trust_remote_code=trust_remote_code, local_files_only=local_files_only, revision=revision)
     try:
         tok = AutoTokenizer.from_pretrained(path, **kw)
@@ -165,9 +170,20 @@ def num_layers(model) -> int:
 
 
 def save_model(model, tokenizer, path: Path) -> None:
-    """Save as a plain Hugging Face directory (safetensors) that AutoModelForCausalLM.from_pretrained loads."""
-    model.save_pretrained(path, safe_serialization=True)
-    tokenizer.save_pretrained(path)
+    """Save as a plain Hugging Face directory (safetensors) that AutoModelForCausalLM.from_pretrained loads.
+    Written beside and renamed into place, so a failed save (disk full) never leaves a half-written model/."""
+    import shutil
+
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
 
 
 # ---------------------------------------------------------------- sentence encoder

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from . import data as datalib
 from .errors import AtuError
 from .evaluate import evaluate_target
+from .files import write_json
 from .models import load_encoder, load_lm, pick_device, save_model
 
 
@@ -63,6 +64,11 @@ def check_common(cfg) -> None:
         raise AtuError(f"eval.batch_size={cfg.eval.batch_size} must be at least 1")
     if cfg.data.other_targets < 0:
         raise AtuError(f"data.other_targets={cfg.data.other_targets} must be 0 or more")
+    if cfg.run.checkpoint_every < 0:
+        raise AtuError(f"run.checkpoint_every={cfg.run.checkpoint_every} must be 0 (stage ends only) or more")
+    from .loggers import check_loggers
+
+    check_loggers(cfg.run.loggers)
 
 
 def run_dir_for(cfg, target: datalib.Target) -> Path:
@@ -83,12 +89,6 @@ def prepare_run_dir(path: Path, overwrite: bool) -> None:
         probe.unlink()
     except OSError as e:
         raise AtuError(f"cannot write run folder {path}: {e.strerror}; choose a writable run.output_dir") from None
-
-
-def write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False))
-    tmp.replace(path)  # atomic: readers never see half a file
 
 
 def read_evals(run_dir: Path) -> list[dict]:
@@ -132,14 +132,14 @@ def generate_corpus(model, tokenizer, name: str, n: int, max_new_tokens: int, se
     return [t for t in texts if len(t.split()) >= 10]
 
 
-def unlearn(cfg, reuse_before: Path | None = None) -> Path:
+def unlearn(cfg, reuse_before: Path | None = None, resume: bool = False) -> Path:
     """The whole `atu unlearn` job. Returns the run folder.
 
     reuse_before: a finished run folder of the same model, target and evaluation settings whose "before" evaluation
-    is copied instead of recomputed (`atu compare` runs many methods from the same starting model)."""
-    from .engine import run_stages
+    is copied instead of recomputed (`atu compare` runs many methods from the same starting model).
+    resume: continue the run in cfg.run.output_dir from its last checkpoint (see `resume_config`)."""
+    from . import checkpoint as ckpt
     from .methods import get_method
-    from .report import print_table, write_report
 
     check_common(cfg)
     torch.manual_seed(cfg.run.seed)
@@ -149,6 +149,16 @@ def unlearn(cfg, reuse_before: Path | None = None) -> Path:
     target = datalib.load_target(cfg.target, roots, cfg.data.allow_new_target, cfg.eval.max_probes_per_file)
     method_cls = get_method(cfg.method.name)
     device = pick_device(cfg.run.device)
+    out = run_dir_for(cfg, target)
+    saved = ckpt.latest(out / "checkpoints") if resume else None
+    if resume and saved is None:
+        raise AtuError(f"{out} has no complete checkpoint to resume from (the run stopped before its first one); "
+                       "start it again with run.overwrite=true")
+    if not resume and out.exists() and any(out.iterdir()) and not cfg.run.overwrite:
+        hint = f", or continue it with atu unlearn --resume {out}" if ckpt.latest(out / "checkpoints") else ""
+        raise AtuError(f"run folder {out} already exists; pick another run.output_dir or pass run.overwrite=true{hint}")
+    if resume and (out / "forget_corpus.json").exists():  # the corpus the run generated for itself
+        cfg.data.forget_corpus = str(out / "forget_corpus.json")
     if cfg.data.forget_corpus:
         target.forget_corpus = datalib.load_texts(Path(cfg.data.forget_corpus).expanduser())
         target.forget_corpus_source = cfg.data.forget_corpus
@@ -159,9 +169,6 @@ def unlearn(cfg, reuse_before: Path | None = None) -> Path:
     # other targets' corpora: ATU's alignment data, GRUN's gate negatives; the other methods do not read them
     uses_others = getattr(method_cls, "uses_other_targets", False)
     others = choose_other_targets(target.name, cfg.data.other_targets, roots, cfg.run.seed) if uses_others else []
-    out = run_dir_for(cfg, target)
-    if out.exists() and any(out.iterdir()) and not cfg.run.overwrite:
-        raise AtuError(f"run folder {out} already exists; pick another run.output_dir or pass run.overwrite=true")
 
     say(f"loading model {cfg.model.name_or_path}" + (f" and encoder {cfg.encoder.name_or_path}" if method_cls.needs_encoder else "")
         + f" on {device}")
@@ -173,8 +180,31 @@ def unlearn(cfg, reuse_before: Path | None = None) -> Path:
     notes = []
     method_cls.check_model(cfg.method, model)
 
-    prepare_run_dir(out, cfg.run.overwrite)
-    OmegaConf.save(cfg, out / "config.yaml")
+    from safetensors import SafetensorError
+
+    try:
+        return _run(cfg, out, target, model, tok, encoder, device, method_cls, others, notes, reuse_before, saved)
+    except (OSError, SafetensorError) as e:  # disk full, permissions, a vanished folder: one line, not a traceback
+        if isinstance(e, OSError):
+            reason = (e.strerror or str(e)) + (f" ({e.filename})" if e.filename else "")
+        elif "I/O error: " in str(e):  # safetensors reports the OS error inside its own exception
+            reason = str(e).split("I/O error: ", 1)[1].strip()
+        else:
+            raise
+        raise AtuError(f"cannot write to the run folder {out}: {reason}; free disk space or choose a writable "
+                       "run.output_dir (a checkpoint, if one was written, is kept for --resume)") from None
+
+
+def _run(cfg, out, target, model, tok, encoder, device, method_cls, others, notes, reuse_before, saved) -> Path:
+    from . import checkpoint as ckpt
+    from .engine import Resume, run_stages
+    from .loggers import MetricsLog
+    from .report import print_table, versions, write_report
+
+    state = ckpt.load(saved) if saved else None
+    if state is None:
+        prepare_run_dir(out, cfg.run.overwrite)
+        OmegaConf.save(cfg, out / "config.yaml")
     if not target.forget_corpus:
         say(f"no forget corpus is shipped for {target.name}: generating {cfg.data.generated_passages} passages from "
             "the model's own descriptions (RWKU zero-shot setting)")
@@ -182,9 +212,10 @@ def unlearn(cfg, reuse_before: Path | None = None) -> Path:
                                                cfg.data.generated_max_new_tokens, cfg.run.seed)
         target.forget_corpus_source = str(out / "forget_corpus.json")
         write_json(out / "forget_corpus.json", [{"text": t, "subject": target.name} for t in target.forget_corpus])
-        notes.append(f"Forget corpus generated by the model itself ({len(target.forget_corpus)} passages), saved in forget_corpus.json.")
         if not target.forget_corpus:
             raise AtuError(f"the model produced no usable description of {target.name}; pass data.forget_corpus=FILE")
+    if target.forget_corpus_source == str(out / "forget_corpus.json"):
+        notes.append(f"Forget corpus generated by the model itself ({len(target.forget_corpus)} passages), saved in forget_corpus.json.")
     forget_texts = target.forget_corpus[: cfg.data.max_passages] if cfg.data.max_passages else target.forget_corpus
     if not target.probes:
         notes.append(f"No probes exist for {target.name}: nothing to evaluate; add RWKU-format probe files under data.roots.")
@@ -197,17 +228,22 @@ def unlearn(cfg, reuse_before: Path | None = None) -> Path:
                      other_targets=[o.name for o in others], seed=cfg.run.seed, max_length=cfg.data.max_length,
                      encoder_batch_size=cfg.encoder.batch_size, infer_batch_size=cfg.eval.batch_size, notes=notes)
     method = method_cls(cfg.method, ctx)
-    run_info = {"status": "running", "target": target.name, "method": cfg.method.name, "device": str(device),
-                "forget_corpus": target.forget_corpus_source, "forget_passages": len(forget_texts),
-                "other_targets": ctx.other_targets, "torch": torch.__version__, "started": time.strftime("%F %T")}
+    uses_others = getattr(method_cls, "uses_other_targets", False)
+    if state is None:
+        run_info = {"status": "running", "target": target.name, "method": cfg.method.name, "device": str(device),
+                    "forget_corpus": target.forget_corpus_source, "forget_passages": len(forget_texts),
+                    "other_targets": ctx.other_targets, "versions": versions(), "started": time.strftime("%F %T")}
+    else:
+        run_info = json.loads((out / "run.json").read_text())
+        run_info.update(status="running", resumed=run_info.get("resumed", []) + [time.strftime("%F %T")])
     write_json(out / "run.json", run_info)
-    metrics_log = (out / "metrics.jsonl").open("a")
+    log = MetricsLog(out, cfg, run_info, state["metrics_bytes"] if state else None,
+                     state["global_step"] if state else 0)
+    write_json(out / "run.json", run_info)  # with the wandb run id, when wandb logs
     (out / "predictions").mkdir(exist_ok=True)
-    history: list[dict] = []
-
-    def log(record: dict) -> None:
-        metrics_log.write(json.dumps(record) + "\n")
-        metrics_log.flush()
+    history: list[dict] = read_evals(out) if state else []
+    for row in history:
+        row.pop("event", None)
 
     def evaluate_stage(stage_name: str, info: dict) -> None:
         if not target.probes:
@@ -230,33 +266,111 @@ def unlearn(cfg, reuse_before: Path | None = None) -> Path:
         write_json(out / "predictions" / f"{stage_name}.json", records)
         say(_one_line(row))
 
-    started = time.time()
+    started = time.time() - (run_info.get("seconds_before_resume", 0) if state else 0)
     also = f"also reads {', '.join(ctx.other_targets) or 'no other target'}; " if uses_others else ""
     say(f"target {target.name}: {len(forget_texts)} forget passages ({target.forget_corpus_source}); {also}run folder {out}")
-    evaluate_stage("before", {})
-    utility_scores = {}
-    if cfg.eval.utility:
-        utility_scores["before"] = _utility(model, tok, cfg)
+    utility_scores = dict(state["utility"]) if state else {}
+    if state is None:
+        evaluate_stage("before", {})
+        if cfg.eval.utility:
+            utility_scores["before"] = _utility(model, tok, cfg)
     method.prepare(say)
     stages = method.stages()
+    modules = method.modules()
+    resume = None
+    if state is not None:
+        position = state["position"]
+        say(f"resuming from {saved.name}: stage {position['stage'] + 1} of {len(stages)}, step {position['step']}")
+        with torch.no_grad():
+            for i, module in enumerate(modules):
+                params = dict(module.named_parameters())
+                for name, value in state["params"].get(str(i), {}).items():
+                    params[name].copy_(value)
+        method.load_state_dict(state["method"])
+        resume = Resume(position["stage"], position["step"], position["info"], state["optimizer"], state["rng"])
     run_info.update(trainable_parameters=method.trainable_parameters(), training_data=method.training_data)
     write_json(out / "run.json", run_info)
-    run_stages(stages, method.modules(), lambda st, info: evaluate_stage(st.name, info) if st.evaluate else None, log)
-    if cfg.eval.utility:
-        utility_scores["after"] = _utility(model, tok, cfg)
-        run_info["utility"] = utility_scores
-    metrics_log.close()
 
-    method.save(out)
-    to_save = method.model_to_save()
-    if cfg.run.save_model and to_save is not None:
-        say("saving the unlearned model (safetensors)")
-        save_model(to_save, tok, out / "model")
+    def save_checkpoint(position: dict, optimizer, trained: set) -> None:
+        ckpt.save(out / "checkpoints", {
+            "position": position, "global_step": log.global_step, "metrics_bytes": log.size, "utility": utility_scores,
+            "params": {str(i): {n: p for n, p in m.named_parameters() if id(p) in trained} for i, m in enumerate(modules)},
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "method": method.state_dict(), "rng": ckpt.rng_state()})
+
+    try:
+        run_stages(stages, modules, lambda st, info: evaluate_stage(st.name, info) if st.evaluate else None, log,
+                   checkpoint=save_checkpoint, every=cfg.run.checkpoint_every, resume=resume)
+        if cfg.eval.utility:
+            utility_scores["after"] = _utility(model, tok, cfg)
+            run_info["utility"] = utility_scores
+        method.save(out)
+        to_save = method.model_to_save()
+        if cfg.run.save_model and to_save is not None:
+            say("saving the unlearned model (safetensors)")
+            save_model(to_save, tok, out / "model")
+    except BaseException as e:  # the run folder says how it ended; the last checkpoint stays for --resume
+        failed = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        run_info.update(status=failed, error=str(e).splitlines()[0] if str(e) else type(e).__name__,
+                        seconds_before_resume=round(time.time() - started, 1))
+        try:
+            write_json(out / "run.json", run_info)
+        except OSError:
+            pass
+        raise
+    finally:
+        log.close()
     run_info.update(status="done", seconds=round(time.time() - started, 1), notes=notes)
+    run_info.pop("error", None)
     write_json(out / "run.json", run_info)
-    write_report(out, history, run_info, cfg)
+    if not cfg.run.keep_checkpoint:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    write_report(out)
     print_table(history)
-    say(f"done in {run_info['seconds']:.0f} s; report: {out / 'report.md'}")
+    say(f"done in {run_info['seconds']:.0f} s; report: {out / 'report.html'} (and report.md)")
+    return out
+
+
+def resume_config(run_dir: Path, overrides: list[str]):
+    """The configuration of the run in `run_dir`, for --resume. Overrides may repeat the run's own settings or change
+    run.threads / run.device; anything else would make the resumed run a different experiment, so it is refused."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    if not (run_dir / "config.yaml").exists() or not (run_dir / "run.json").exists():
+        raise AtuError(f"{run_dir} is not a run folder (no config.yaml/run.json); pass the folder atu unlearn wrote")
+    if json.loads((run_dir / "run.json").read_text()).get("status") == "done":
+        raise AtuError(f"the run in {run_dir} already finished; nothing to resume (its report is {run_dir / 'report.html'})")
+    saved = OmegaConf.load(run_dir / "config.yaml")
+    try:
+        changed = OmegaConf.merge(saved, OmegaConf.from_dotlist([o.lstrip("+") for o in overrides]))
+    except OmegaConfBaseException:
+        raise AtuError(f"--resume with a changed config: {' '.join(overrides)}; resume with the run's own settings "
+                       "(drop the override) or start a new run") from None
+    diffs = config_changes(saved, changed)
+    if diffs:
+        key, old, new = diffs[0]
+        raise AtuError(f"--resume with a changed config: {key}={new} (the run used {old}); resume with the run's own "
+                       "settings (drop the override) or start a new run")
+    changed.run.output_dir = str(run_dir)
+    return changed
+
+
+def config_changes(saved, cfg) -> list[tuple[str, object, object]]:
+    """(key, saved value, new value) for every setting that differs, except those a resumed run may change."""
+    free = ("run.threads", "run.device", "run.output_dir", "run.overwrite")
+    old, new = _flat(saved), _flat(cfg)
+    return [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+            if not k.startswith(free) and old.get(k) != new.get(k)]
+
+
+def _flat(node, prefix: str = "") -> dict:
+    container = OmegaConf.to_container(node, resolve=True) if not isinstance(node, dict) else node
+    out = {}
+    for key, value in container.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
     return out
 
 

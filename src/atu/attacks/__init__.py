@@ -31,7 +31,8 @@ def run_attacks(run_dir: Path, names: list[str], cfg, say=print) -> list[dict]:
     from .. import data as datalib
     from ..evaluate import evaluate_target
     from ..models import load_lm, pick_device
-    from ..pipeline import choose_other_targets, load_run_model, read_evals, write_json
+    from ..files import write_json
+    from ..pipeline import choose_other_targets, load_run_model, read_evals
 
     unknown = [n for n in names if n not in ATTACKS]
     if unknown:
@@ -153,13 +154,19 @@ def _fmt(v):
     return "–" if v is None else f"{v:.1f}"
 
 
-def markdown(rows: list[dict]) -> str:
-    lines = ["| Attack | Metric | Before unlearning | After unlearning | After attack | Recovered | Time (s) | Note |",
-             "|---|---|---:|---:|---:|---:|---:|---|"]
+def table(rows: list[dict]):
+    from ..report import Table
+
+    out = []
     for r in rows:
         b, a, x = r["before"], r["after"], r["after_attack"]
         # share of the forgotten score that the attack brings back (forget metrics only)
         forget_metric = r["metric"].startswith(("forget", "rephrase", "multihop"))
         rec = f"{100 * (x - a) / (b - a):.0f}%" if forget_metric and None not in (b, a, x) and abs(b - a) > 1e-9 else "–"
-        lines.append(f"| {r['attack']} | {r['metric']} | {_fmt(b)} | {_fmt(a)} | {_fmt(x)} | {rec} | {r['seconds']} | {r['note']} |")
-    return "\n".join(lines)
+        out.append([r["attack"], r["metric"], _fmt(b), _fmt(a), _fmt(x), rec, str(r["seconds"]), r["note"]])
+    return Table(["Attack", "Metric", "Before unlearning", "After unlearning", "After attack", "Recovered", "Time (s)",
+                  "Note"], out, [False, False, True, True, True, True, True, False])
+
+
+def markdown(rows: list[dict]) -> str:
+    return table(rows).markdown()

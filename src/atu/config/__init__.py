@@ -65,6 +65,13 @@ class RunConfig:
     threads: Optional[int] = None  # torch CPU threads; None = torch's default
     save_model: bool = True
     overwrite: bool = False
+    # Checkpoints (trained parameters, method state, optimizer, RNG; safetensors + JSON) after every stage and every
+    # N steps inside one (0: stage ends only); `atu unlearn --resume RUN_DIR` continues from the last one.
+    checkpoint_every: int = 100
+    keep_checkpoint: bool = False  # False: the checkpoint is deleted once the run is done (the model is saved)
+    loggers: list[str] = field(default_factory=list)  # opt-in, besides metrics.jsonl: tensorboard, wandb
+    wandb_project: str = "atu"
+    wandb_mode: str = "offline"  # offline | online | disabled
 
 
 @dataclass
@@ -131,6 +138,11 @@ def _override_error(e: Exception, overrides: list[str], config_name: str) -> Atu
         from ..errors import did_you_mean
         options = sorted(p.name[:-5] for p in files("atu.config").joinpath(group).iterdir() if p.name.endswith(".yaml"))
         return AtuError(f"unknown {group} {choice!r}.{did_you_mean(choice, options)} Known: {', '.join(options)}")
+    merging = re.search(r"Error merging override ([\w.]+)=(.*)", str(e))
+    if merging and e.__cause__ is not None:
+        key, value = merging.groups()
+        return AtuError(f"bad value for {key}: {_first_line(e.__cause__)}; give a value of the right type "
+                        "(see src/atu/config/ and the method's settings)")
     m = re.search(r"Could not override '([\w.]+)'", str(e))
     if not m:
         return AtuError(f"bad config override: {_first_line(e)} (see `atu unlearn --help` and src/atu/config/)")

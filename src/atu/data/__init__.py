@@ -175,6 +175,8 @@ def load_target(name: str, extra_roots=(), allow_new: bool = False, max_probes: 
         path = target.file(fname)
         if path is not None:
             items = load_json_list(path)
+            if not items:
+                raise AtuError(f"probe file {path} is empty; add RWKU-format probes (query, answer, level) or remove it")
             probes = [Probe.parse(it, f"{path} item {i}") for i, it in enumerate(items)]
             target.probes[key] = probes[:max_probes] if max_probes else probes
     for fname in FORGET_CORPUS_FILES:

@@ -4,8 +4,9 @@
 What the pipeline asks of a method class: `Config` (a dataclass), `needs_encoder`, `validate(cfg)`,
 `check_model(cfg, model)`; of an instance built from (cfg, RunContext): `prepare(progress)`, `stages()`, `modules()`
 (everything that may train), `trainable_parameters()`, `training_data` (what it trained on, for run.json),
-`system_prompt` (text put before every probe, or None), `model_to_save()` (None: the base model is unchanged) and
-`save(run_folder)` for its own files."""
+`system_prompt` (text put before every probe, or None), `model_to_save()` (None: the base model is unchanged),
+`save(run_folder)` for its own files, and `state_dict()`/`load_state_dict()`: what a checkpoint keeps besides the
+parameters (see `common.Resumable`)."""
 from __future__ import annotations
 
 from dataclasses import fields

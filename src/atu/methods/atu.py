@@ -25,7 +25,7 @@ from ..errors import AtuError
 from ..head import EmbeddingHead
 from ..models import decoder_layers
 from . import register
-from .common import OPTIMIZERS, cache_states, hidden_at, masked_mean, pick_layer, relative_drift
+from .common import OPTIMIZERS, Resumable, cache_states, hidden_at, masked_mean, pick_layer, relative_drift
 
 
 @dataclass
@@ -142,7 +142,7 @@ def unlearn_loss(pred: torch.Tensor, concept: torch.Tensor, valid: torch.Tensor,
 # ------------------------------------------------------------------ the method
 
 @register("atu")
-class ATU:
+class ATU(Resumable):
     Config = ATUConfig
     needs_encoder = True
     uses_other_targets = True  # their corpora are alignment data for the head (and the retain term's text)
@@ -306,6 +306,23 @@ class ATU:
             loss = loss + self.cfg.retain_weight * drift
             logs["retain_drift"] = drift.item()
         return loss, logs
+
+    def state_dict(self) -> dict:
+        """Besides the sampling generator: the head's Adam state (one across all alignment stages), the thresholds and
+        the original model's retain states (computed before the first unlearning stage; the model changes after)."""
+        return {**super().state_dict(), "head_opt": self.head_opt.state_dict() if self.head_opt else None,
+                "thresholds": self.thresholds, "sim_before": getattr(self, "sim_before", None),
+                "retain_states0": self.retain_states0}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if state["head_opt"] is not None:
+            self._head_optimizer(self._align_params()).load_state_dict(state["head_opt"])
+        self.thresholds, self.retain_states0 = state["thresholds"], state["retain_states0"]
+        if self.retain_states0 is not None:
+            self.retain_states0 = self.retain_states0.to(self.ctx.device)
+        if state["sim_before"] is not None:
+            self.sim_before = state["sim_before"]
 
     def modules(self):
         return [self.ctx.model, self.head]

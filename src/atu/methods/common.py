@@ -159,6 +159,18 @@ def mean_nll(model, seqs: Sequences) -> torch.Tensor:
     return -logps.sum() / mask.sum().clamp(min=1)
 
 
+class Resumable:
+    """Methods draw their batches from their own generator (seeded by run.seed). Its state is what a checkpoint keeps
+    of a method besides the parameters; methods with more state across stages extend these two."""
+    gen: torch.Generator
+
+    def state_dict(self) -> dict:
+        return {"gen": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.gen.set_state(state["gen"])
+
+
 def sample_rows(n: int, k: int, gen: torch.Generator, device) -> torch.Tensor:
     return torch.randint(n, (k,), generator=gen).to(device)
 

@@ -22,7 +22,7 @@ from ..engine import Stage
 from ..errors import AtuError
 from ..models import decoder_layers
 from . import register
-from .common import (OPTIMIZERS, all_sequence_logps, count_parameters, masked_mean, mean_nll, pick_layer, sample_rows,
+from .common import (OPTIMIZERS, Resumable, all_sequence_logps, count_parameters, masked_mean, mean_nll, pick_layer, sample_rows,
                      sequence_logps, text_sequences)
 from .token import npo_loss
 
@@ -86,7 +86,7 @@ class GRUNConfig:
 
 
 @register("grun")
-class GRUN:
+class GRUN(Resumable):
     Config = GRUNConfig
     needs_encoder = False
     uses_other_targets = True  # other people's text is the gate's hardest negative: the gate must not fire on it

@@ -46,6 +46,12 @@ class ICU:
     def modules(self):
         return []
 
+    def state_dict(self) -> dict:
+        return {}  # nothing trains, nothing to resume
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
     def trainable_parameters(self) -> int:
         return 0
 

@@ -16,7 +16,7 @@ from ..engine import Stage
 from ..errors import AtuError
 from ..models import decoder_layers
 from . import register
-from .common import (OPTIMIZERS, cache_states, count_parameters, hidden_at, masked_mean, pick_layer, relative_drift,
+from .common import (OPTIMIZERS, Resumable, cache_states, count_parameters, hidden_at, masked_mean, pick_layer, relative_drift,
                      sample_rows, text_sequences)
 
 
@@ -40,7 +40,7 @@ def rmu_forget_loss(h: torch.Tensor, control: torch.Tensor, mask: torch.Tensor, 
 
 
 @register("rmu")
-class RMU:
+class RMU(Resumable):
     Config = RMUConfig
     needs_encoder = False
     system_prompt = None

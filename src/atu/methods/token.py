@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ..engine import Stage
 from ..errors import AtuError
 from . import register
-from .common import (LORA_TARGETS, OPTIMIZERS, Sequences, add_lora, all_sequence_logps, count_parameters, mean_nll,
+from .common import (LORA_TARGETS, OPTIMIZERS, Resumable, Sequences, add_lora, all_sequence_logps, count_parameters, mean_nll,
                      sample_rows, sequence_logps, text_sequences)
 from .training_data import dpo_pairs, refusal_pairs
 
@@ -70,7 +70,7 @@ def kl_from_logits(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.T
     return (kl * mask).sum() / mask.sum().clamp(min=1)
 
 
-class TokenMethod:
+class TokenMethod(Resumable):
     Config = TokenConfig
     needs_encoder = False
     system_prompt = None

@@ -1,0 +1,85 @@
+"""Where a run's numbers go: `metrics.jsonl` in the run folder always; TensorBoard and Weights & Biases only when
+`run.loggers` names them (wandb offline unless run.wandb_mode says otherwise; no entity is set, wandb's own default
+applies)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import AtuError
+
+LOGGERS = ("tensorboard", "wandb")
+
+
+def check_loggers(names) -> None:
+    """Before the run starts: every logger is known and its package importable."""
+    import importlib.util
+
+    for name in names:
+        if name not in LOGGERS:
+            raise AtuError(f"run.loggers has {name!r}; known loggers: {', '.join(LOGGERS)} (metrics.jsonl is always written)")
+        if importlib.util.find_spec(name) is None:
+            raise AtuError(f"run.loggers has {name} but the {name} package is not installed; pip install {name}")
+
+
+class MetricsLog:
+    """Append-only JSONL of every record, mirrored as scalars to the opted-in loggers.
+
+    `size` is the byte length of metrics.jsonl; a checkpoint stores it and a resumed run truncates the file to it, so
+    records written after the checkpoint (and repeated on resume) appear once."""
+
+    def __init__(self, out: Path, cfg, run_info: dict, resume_bytes: int | None = None, resume_step: int = 0):
+        path = out / "metrics.jsonl"
+        if resume_bytes is not None:
+            with path.open("r+b") as f:
+                f.truncate(resume_bytes)
+        self.file = path.open("a")
+        self.global_step = resume_step
+        self.tensorboard = self.wandb = None
+        if "tensorboard" in cfg.run.loggers:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step drops events a killed run wrote after its last checkpoint
+            self.tensorboard = SummaryWriter(str(out / "tensorboard"), purge_step=resume_step if resume_bytes else None)
+        if "wandb" in cfg.run.loggers:
+            import secrets
+
+            import wandb
+            from omegaconf import OmegaConf
+
+            run_info.setdefault("wandb_id", secrets.token_hex(4))  # kept in run.json: a resumed run logs to the same run
+            self.wandb = wandb.init(project=cfg.run.wandb_project, mode=cfg.run.wandb_mode, dir=str(out), name=out.name,
+                                    id=run_info["wandb_id"], resume="allow",
+                                    config=OmegaConf.to_container(cfg, resolve=True),
+                                    settings=wandb.Settings(console="off"))  # our terminal stays ours: bars, tables
+
+    @property
+    def size(self) -> int:
+        self.file.flush()
+        return self.file.tell()
+
+    def __call__(self, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if record.get("event") == "step":
+            self.global_step = record["global_step"]
+            prefix = record["stage"] + "/"
+        elif record.get("event") == "eval":
+            prefix = "eval/"
+        else:
+            return
+        scalars = {prefix + k: v for k, v in record.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "global_step")}
+        if self.tensorboard:
+            for key, value in scalars.items():
+                self.tensorboard.add_scalar(key, value, self.global_step)
+            self.tensorboard.flush()
+        if self.wandb:
+            self.wandb.log(scalars, step=self.global_step)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tensorboard:
+            self.tensorboard.close()
+        if self.wandb:
+            self.wandb.finish()
