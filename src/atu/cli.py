@@ -22,6 +22,9 @@ atu: make a language model forget a concept, and measure that it is gone.
   atu compare --methods atu,ga,npo,... [--target NAME ...] [--out DIR] [--attacks quant4,...] [key=value ...]
               [ga:method.lr=1e-5 ...]
                                        several methods, same target/model/data/evaluation: table + trade-off plot
+  atu compare --collect SWEEP_DIR      the finished runs under SWEEP_DIR (atu-sweep --multirun) in one table
+  atu-sweep --multirun [hydra/launcher=slurm] target=A,B method=atu,ga ...
+                                       Hydra multirun sweeps (locally or on SLURM), one run folder per job
 
 Overrides, e.g.: target="Bruce Lee"  model=phi3_mini  model.name_or_path=/path/to/model  method.taus=[0.5,0.4]
                  method.hook_layer=14  run.output_dir=runs/x  data.roots=[/data/RWKU/Target]  run.device=cuda
@@ -214,7 +217,15 @@ def _compare(rest) -> int:
     from .config import load_config
     from .pipeline import say
 
-    args, overrides = _split(rest, {"--methods": True, "--target": "append", "--out": True, "--attacks": True})
+    args, overrides = _split(rest, {"--methods": True, "--target": "append", "--out": True, "--attacks": True,
+                                    "--collect": True})
+    if args.collect:  # the run folders of a sweep (atu-sweep --multirun) into one table and report
+        from .compare import collect_folder
+        out = Path(args.out or args.collect)
+        collect_folder(Path(args.collect), out)
+        say(f"table: {out / 'compare.md'}; report: {out / 'report.html'}")
+        print((out / "compare.md").read_text())
+        return 0
     if args.help or not args.methods:
         print(HELP)
         if not args.help:

@@ -77,6 +77,23 @@ def _done(run_dir: Path) -> bool:
         return False
 
 
+def collect_folder(folder: Path, out: Path) -> list[dict]:
+    """Every finished run folder under `folder` (a sweep), one table: methods that occur several times (different τ,
+    hook layers, ...) are labelled with their folder."""
+    runs = sorted(p.parent for p in folder.rglob("run.json") if _done(p.parent))
+    if not runs:
+        raise AtuError(f"no finished run folder (run.json with status done) under {folder}; pass a sweep folder")
+    methods = [json.loads((r / "run.json").read_text())["method"] for r in runs]
+    rows = []
+    for run_dir, method in zip(runs, methods):
+        label = method if methods.count(method) == 1 else f"{method} [{run_dir.relative_to(folder)}]"
+        rows.extend(collect(run_dir, label))
+    write_outputs(rows, out)
+    from .report import write_report
+    write_report(out)
+    return rows
+
+
 def _resumable(run_dir: Path, cfg) -> bool:
     """An interrupted run of exactly this configuration, with a checkpoint to continue from."""
     from omegaconf import OmegaConf

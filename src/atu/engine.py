@@ -12,6 +12,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from .distributed import is_main, sum_gradients, sum_numbers, sum_over_processes
 from .errors import AtuError
 
 
@@ -85,17 +86,20 @@ def run_stages(stages: list[Stage], modules: list[nn.Module], on_stage_end: Call
             log({"event": "stage_start", "stage": stage.name, "kind": stage.kind, "index": index, "steps": stage.steps,
                  **info})
         started, last = time.time(), {}
-        bar = tqdm(range(first, stage.steps), desc=f"{stage.name:>10}", disable=not sys.stderr.isatty(), leave=False,
+        bar = tqdm(range(first, stage.steps), desc=f"{stage.name:>10}", disable=not sys.stderr.isatty() or not is_main(), leave=False,
                    initial=first, total=stage.steps)
         for step in bar:
             loss, numbers = stage.loss(step)
-            if not math.isfinite(loss.item()):
+            value = float(sum_over_processes(loss.detach()))  # with several processes: each holds a share
+            if not math.isfinite(value):
                 kept = " The last good checkpoint is kept in the run folder." if checkpoint else ""
-                raise AtuError(f"stage {stage.name} step {step}: the loss became {loss.item()}; lower the learning rate "
+                raise AtuError(f"stage {stage.name} step {step}: the loss became {value}; lower the learning rate "
                                f"(or method.grad_clip) and start the run again.{kept}")
+            numbers = sum_numbers(numbers)
             optimizer.zero_grad(set_to_none=True)
             if loss.requires_grad:
                 loss.backward()
+                sum_gradients(params)
                 if stage.grad_clip:
                     torch.nn.utils.clip_grad_norm_(params, stage.grad_clip)
                 optimizer.step()

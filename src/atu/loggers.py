@@ -28,7 +28,7 @@ class MetricsLog:
     `size` is the byte length of metrics.jsonl; a checkpoint stores it and a resumed run truncates the file to it, so
     records written after the checkpoint (and repeated on resume) appear once."""
 
-    def __init__(self, out: Path, cfg, run_info: dict, resume_bytes: int | None = None, resume_step: int = 0):
+    def __init__(self, out: Path, loggers, cfg, run_info: dict, resume_bytes: int | None = None, resume_step: int = 0):
         path = out / "metrics.jsonl"
         if resume_bytes is not None:
             with path.open("r+b") as f:
@@ -36,12 +36,12 @@ class MetricsLog:
         self.file = path.open("a")
         self.global_step = resume_step
         self.tensorboard = self.wandb = None
-        if "tensorboard" in cfg.run.loggers:
+        if "tensorboard" in loggers:
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step drops events a killed run wrote after its last checkpoint
             self.tensorboard = SummaryWriter(str(out / "tensorboard"), purge_step=resume_step if resume_bytes else None)
-        if "wandb" in cfg.run.loggers:
+        if "wandb" in loggers:
             import secrets
 
             import wandb

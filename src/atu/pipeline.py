@@ -4,10 +4,12 @@ Everything that can be checked is checked before the run folder is created, so a
 """
 from __future__ import annotations
 
+import atexit
 import json
 import random
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +18,7 @@ import torch
 from omegaconf import OmegaConf
 
 from . import data as datalib
+from .distributed import barrier, is_main
 from .errors import AtuError
 from .evaluate import evaluate_target
 from .files import write_json
@@ -23,7 +26,8 @@ from .models import load_encoder, load_lm, pick_device, save_model
 
 
 def say(msg: str) -> None:
-    print(f"[atu] {msg}", file=sys.stderr, flush=True)
+    if is_main():  # several processes: one voice
+        print(f"[atu] {msg}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -48,7 +52,7 @@ class RunContext:
 def _progress_factory():
     from tqdm.auto import tqdm
 
-    return lambda total: tqdm(total=total, desc="      eval", leave=False, disable=not sys.stderr.isatty())
+    return lambda total: tqdm(total=total, desc="      eval", leave=False, disable=not sys.stderr.isatty() or not is_main())
 
 
 def evaluate_model(model, tokenizer, target: datalib.Target, cfg, system: str | None = None):
@@ -148,7 +152,7 @@ def unlearn(cfg, reuse_before: Path | None = None, resume: bool = False) -> Path
     roots = list(cfg.data.roots)
     target = datalib.load_target(cfg.target, roots, cfg.data.allow_new_target, cfg.eval.max_probes_per_file)
     method_cls = get_method(cfg.method.name)
-    device = pick_device(cfg.run.device)
+    device = _device(cfg, method_cls)
     out = run_dir_for(cfg, target)
     saved = ckpt.latest(out / "checkpoints") if resume else None
     if resume and saved is None:
@@ -157,6 +161,7 @@ def unlearn(cfg, reuse_before: Path | None = None, resume: bool = False) -> Path
     if not resume and out.exists() and any(out.iterdir()) and not cfg.run.overwrite:
         hint = f", or continue it with atu unlearn --resume {out}" if ckpt.latest(out / "checkpoints") else ""
         raise AtuError(f"run folder {out} already exists; pick another run.output_dir or pass run.overwrite=true{hint}")
+    barrier()  # every process has checked the folder before the main one creates it
     if resume and (out / "forget_corpus.json").exists():  # the corpus the run generated for itself
         cfg.data.forget_corpus = str(out / "forget_corpus.json")
     if cfg.data.forget_corpus:
@@ -202,6 +207,14 @@ def _run(cfg, out, target, model, tok, encoder, device, method_cls, others, note
     from .report import print_table, versions, write_report
 
     state = ckpt.load(saved) if saved else None
+    main = is_main()
+    if not main:  # the other processes compute the same run; their files go to a scratch folder, removed at exit
+        scratch = Path(tempfile.mkdtemp(prefix="atu-process-"))
+        atexit.register(shutil.rmtree, scratch, True)
+        for name in ("run.json", "metrics.jsonl", "forget_corpus.json"):
+            if state is not None and (out / name).exists():
+                shutil.copy(out / name, scratch / name)
+        out = scratch
     if state is None:
         prepare_run_dir(out, cfg.run.overwrite)
         OmegaConf.save(cfg, out / "config.yaml")
@@ -237,7 +250,7 @@ def _run(cfg, out, target, model, tok, encoder, device, method_cls, others, note
         run_info = json.loads((out / "run.json").read_text())
         run_info.update(status="running", resumed=run_info.get("resumed", []) + [time.strftime("%F %T")])
     write_json(out / "run.json", run_info)
-    log = MetricsLog(out, cfg, run_info, state["metrics_bytes"] if state else None,
+    log = MetricsLog(out, cfg.run.loggers if main else [], cfg, run_info, state["metrics_bytes"] if state else None,
                      state["global_step"] if state else 0)
     write_json(out / "run.json", run_info)  # with the wandb run id, when wandb logs
     (out / "predictions").mkdir(exist_ok=True)
@@ -292,6 +305,8 @@ def _run(cfg, out, target, model, tok, encoder, device, method_cls, others, note
     write_json(out / "run.json", run_info)
 
     def save_checkpoint(position: dict, optimizer, trained: set) -> None:
+        if not main:
+            return
         ckpt.save(out / "checkpoints", {
             "position": position, "global_step": log.global_step, "metrics_bytes": log.size, "utility": utility_scores,
             "params": {str(i): {n: p for n, p in m.named_parameters() if id(p) in trained} for i, m in enumerate(modules)},
@@ -306,7 +321,7 @@ def _run(cfg, out, target, model, tok, encoder, device, method_cls, others, note
             run_info["utility"] = utility_scores
         method.save(out)
         to_save = method.model_to_save()
-        if cfg.run.save_model and to_save is not None:
+        if cfg.run.save_model and to_save is not None and main:
             say("saving the unlearned model (safetensors)")
             save_model(to_save, tok, out / "model")
     except BaseException as e:  # the run folder says how it ended; the last checkpoint stays for --resume
@@ -325,10 +340,27 @@ def _run(cfg, out, target, model, tok, encoder, device, method_cls, others, note
     write_json(out / "run.json", run_info)
     if not cfg.run.keep_checkpoint:
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    if not main:
+        return out
     write_report(out)
     print_table(history)
     say(f"done in {run_info['seconds']:.0f} s; report: {out / 'report.html'} (and report.md)")
     return out
+
+
+def _device(cfg, method_cls) -> torch.device:
+    """The device of this process: accelerate's (one GPU per process) when launched with several processes."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return pick_device(cfg.run.device)
+    from .distributed import state, world_size
+
+    device = state(cpu=cfg.run.device == "cpu").device
+    if world_size() > 1 and not getattr(method_cls, "data_parallel", False):
+        raise AtuError(f"method {cfg.method.name} runs in one process; launch it without accelerate/torchrun "
+                       "(ATU runs data-parallel over several)")
+    return device
 
 
 def resume_config(run_dir: Path, overrides: list[str]):

@@ -20,6 +20,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ..distributed import shard
 from ..engine import Stage
 from ..errors import AtuError
 from ..head import EmbeddingHead
@@ -145,6 +146,7 @@ def unlearn_loss(pred: torch.Tensor, concept: torch.Tensor, valid: torch.Tensor,
 class ATU(Resumable):
     Config = ATUConfig
     needs_encoder = True
+    data_parallel = True  # runs under `accelerate launch` with several processes (losses are masked_means)
     uses_other_targets = True  # their corpora are alignment data for the head (and the retain term's text)
     system_prompt = None
 
@@ -242,7 +244,8 @@ class ATU(Resumable):
         return {}
 
     def _sample(self, data: Batchable, n: int) -> torch.Tensor:
-        return torch.randint(len(data), (n,), generator=self.gen).to(data.ids.device)
+        # every process draws the same rows and keeps its share (data parallel; one process keeps all)
+        return shard(torch.randint(len(data), (n,), generator=self.gen)).to(data.ids.device)
 
     def _align_loss(self, step):
         sets = self.aligned_sets()

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..distributed import sum_over_processes
 from ..models import decoder_layers
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
@@ -14,8 +15,10 @@ IGNORE = -100
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the masked positions of the whole batch: with several processes each holds a share of the rows and
+    divides by the count over all of them, so the summed gradients equal one process's (see atu/distributed.py)."""
     mask = mask.to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp(min=1)
+    return (values * mask).sum() / sum_over_processes(mask.sum()).clamp(min=1)
 
 
 def relative_drift(h: torch.Tensor, h0: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

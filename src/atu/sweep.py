@@ -1,0 +1,58 @@
+"""`atu-sweep`: `atu unlearn` as a Hydra application, so Hydra's multirun sweeps and launchers (SLURM via submitit)
+work as in any Hydra project:
+
+    atu-sweep --multirun target="Stephen King","Bruce Lee" method=atu,ga method.taus=[0.4,0.3],[0.3]
+    atu-sweep --multirun hydra/launcher=slurm hydra.launcher.partition=gpu target="Stephen King","Bruce Lee"
+    atu compare --collect runs/sweep-<time>
+
+`atu unlearn` stays the plain command (compose API: no working-folder changes, no Hydra logging); this entry point
+differs only in launching. A failed job prints its one-line error and the sweep goes on with the others."""
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from .config import _register
+from .errors import AtuError
+
+_register()
+
+
+@hydra.main(config_path="config", config_name="sweep", version_base=None)
+def job(cfg: DictConfig) -> int:
+    import json
+    from pathlib import Path
+
+    from .checkpoint import latest
+    from .methods import method_config
+    from .pipeline import resume_config, unlearn
+
+    try:
+        cfg.method = method_config(cfg.method)
+        OmegaConf.resolve(cfg)  # the run folder name comes from hydra: interpolations, resolved inside the job
+        out = Path(cfg.run.output_dir)
+        status = json.loads((out / "run.json").read_text()).get("status") if (out / "run.json").exists() else None
+        if status == "done":  # a re-launched sweep keeps finished jobs
+            print(f"[atu] {out} is already done; kept", file=sys.stderr)
+        elif latest(out / "checkpoints") is not None:  # requeued after a time-out or preemption: continue
+            unlearn(resume_config(out, []), resume=True)
+        else:
+            unlearn(cfg)
+    except AtuError as e:
+        print(f"atu: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main() -> None:
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    job()
+
+
+if __name__ == "__main__":
+    main()
