@@ -101,3 +101,14 @@ def test_multirun_sweep_writes_one_run_folder_per_job_and_compare_collects_them(
     assert r.returncode == 0 and "already done; kept" in r.stderr
     assert (sweep / "0" / "run.json").stat().st_mtime == stamp
     shutil.rmtree(sweep)
+
+
+def test_gradient_checkpointing_keeps_the_losses_and_bf16_autocast_stays_close(tmp_path):
+    plain, ckpt, bf16 = tmp_path / "plain", tmp_path / "ckpt", tmp_path / "bf16"
+    for out, extra in ((plain, []), (ckpt, ["run.gradient_checkpointing=true"]), (bf16, ["run.mixed_precision=bf16"])):
+        r = run([sys.executable, "-m", "atu.cli", "unlearn", *TINY, *extra, f"run.output_dir={out}"])
+        assert r.returncode == 0, r.stderr[-2000:]
+    unlearn = lambda d: [x["unlearn_loss"] for x in steps(d) if "unlearn_loss" in x and x["event"] == "step"]
+    assert unlearn(ckpt) == pytest.approx(unlearn(plain), rel=1e-5, abs=1e-7)  # recomputed activations, same maths
+    align = lambda d: [x["align_loss"] for x in steps(d) if "align_loss" in x and x["event"] == "step"]
+    assert align(bf16) == pytest.approx(align(plain), rel=2e-2) and align(bf16) != align(plain)  # bf16 ran

@@ -3,6 +3,7 @@ The engine freezes everything else, steps, clips, logs, stops on a non-finite lo
 ask for an evaluation. It knows no method by name."""
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -46,7 +47,8 @@ Checkpoint = Callable[[dict, Optional[torch.optim.Optimizer], set], None]
 
 def run_stages(stages: list[Stage], modules: list[nn.Module], on_stage_end: Callable[[Stage, dict], None],
                log: Callable[[dict], None], checkpoint: Optional[Checkpoint] = None, every: int = 0,
-               resume: Optional[Resume] = None, log_every: int = 10) -> None:
+               resume: Optional[Resume] = None, autocast: Callable = contextlib.nullcontext,
+               log_every: int = 10) -> None:
     """Run `stages` in order. `modules` are everything that could train; only a stage's own params get gradients.
 
     A checkpoint is due after every stage (after its evaluation) and every `every` steps inside a stage. With
@@ -76,6 +78,9 @@ def run_stages(stages: list[Stage], modules: list[nn.Module], on_stage_end: Call
             m.eval()
         for m in stage.train:
             m.train()
+        for m in modules:  # transformers checkpoints activations only in training mode (shipped LMs have no dropout)
+            if getattr(m, "is_gradient_checkpointing", False) and any(id(p) in chosen for p in m.parameters()):
+                m.train()
         optimizer = stage.optimizer(params) if stage.steps > 0 else None
         first = 0
         if mid_stage:
@@ -89,7 +94,8 @@ def run_stages(stages: list[Stage], modules: list[nn.Module], on_stage_end: Call
         bar = tqdm(range(first, stage.steps), desc=f"{stage.name:>10}", disable=not sys.stderr.isatty() or not is_main(), leave=False,
                    initial=first, total=stage.steps)
         for step in bar:
-            loss, numbers = stage.loss(step)
+            with autocast():
+                loss, numbers = stage.loss(step)
             value = float(sum_over_processes(loss.detach()))  # with several processes: each holds a share
             if not math.isfinite(value):
                 kept = " The last good checkpoint is kept in the run folder." if checkpoint else ""

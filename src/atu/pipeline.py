@@ -68,6 +68,8 @@ def check_common(cfg) -> None:
         raise AtuError(f"eval.batch_size={cfg.eval.batch_size} must be at least 1")
     if cfg.data.other_targets < 0:
         raise AtuError(f"data.other_targets={cfg.data.other_targets} must be 0 or more")
+    if cfg.run.mixed_precision not in ("no", "bf16"):
+        raise AtuError(f"run.mixed_precision={cfg.run.mixed_precision} is not 'no' or 'bf16'")
     if cfg.run.checkpoint_every < 0:
         raise AtuError(f"run.checkpoint_every={cfg.run.checkpoint_every} must be 0 (stage ends only) or more")
     from .loggers import check_loggers
@@ -181,6 +183,8 @@ def unlearn(cfg, reuse_before: Path | None = None, resume: bool = False) -> Path
     ctx_len = max_context(model)
     if ctx_len and cfg.data.max_length > ctx_len:
         raise AtuError(f"data.max_length={cfg.data.max_length} exceeds the model's context of {ctx_len} tokens; lower it")
+    if cfg.run.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     encoder = load_encoder(cfg.encoder, device) if method_cls.needs_encoder else None
     notes = []
     method_cls.check_model(cfg.method, model)
@@ -315,7 +319,9 @@ def _run(cfg, out, target, model, tok, encoder, device, method_cls, others, note
 
     try:
         run_stages(stages, modules, lambda st, info: evaluate_stage(st.name, info) if st.evaluate else None, log,
-                   checkpoint=save_checkpoint, every=cfg.run.checkpoint_every, resume=resume)
+                   checkpoint=save_checkpoint, every=cfg.run.checkpoint_every, resume=resume,
+                   autocast=lambda: torch.autocast(device.type, dtype=torch.bfloat16,
+                                                   enabled=cfg.run.mixed_precision == "bf16"))
         if cfg.eval.utility:
             utility_scores["after"] = _utility(model, tok, cfg)
             run_info["utility"] = utility_scores

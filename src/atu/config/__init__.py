@@ -69,6 +69,8 @@ class RunConfig:
     # N steps inside one (0: stage ends only); `atu unlearn --resume RUN_DIR` continues from the last one.
     checkpoint_every: int = 100
     keep_checkpoint: bool = False  # False: the checkpoint is deleted once the run is done (the model is saved)
+    mixed_precision: str = "no"  # no | bf16: training losses under bf16 autocast (GPUs; weights stay model.dtype)
+    gradient_checkpointing: bool = False  # recompute block activations in backward: less memory, ~30% more time
     loggers: list[str] = field(default_factory=list)  # opt-in, besides metrics.jsonl: tensorboard, wandb
     wandb_project: str = "atu"
     wandb_mode: str = "offline"  # offline | online | disabled

@@ -10,7 +10,19 @@ import torch.nn.functional as F
 from ..distributed import sum_over_processes
 from ..models import decoder_layers
 
-OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+def _fused_on_gpu(cls):
+    """The optimizer class, with torch's fused (one-kernel) implementation when every parameter is on a GPU."""
+    def make(params, **kwargs):
+        params = list(params)
+        tensors = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
+        if tensors and all(p.is_cuda for p in tensors):
+            kwargs.setdefault("fused", True)
+        return cls(params, **kwargs)
+    return make
+
+
+OPTIMIZERS = {"sgd": _fused_on_gpu(torch.optim.SGD), "adam": _fused_on_gpu(torch.optim.Adam),
+              "adamw": _fused_on_gpu(torch.optim.AdamW)}
 IGNORE = -100
 
 
