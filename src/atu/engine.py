@@ -31,6 +31,14 @@ class Stage:
     train: list[nn.Module] = field(default_factory=list)  # modules in train mode (dropout) during this stage
 
 
+def _checkpointing(module: nn.Module) -> bool:
+    """Whether a transformers model has activation checkpointing on (the attribute was renamed in transformers 5)."""
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+        if hasattr(type(module), name):
+            return bool(getattr(module, name))
+    return False
+
+
 @dataclass
 class Resume:
     """Where a checkpoint left off: continue stage `stage` at `step` (0: the stage had not started)."""
@@ -79,7 +87,7 @@ def run_stages(stages: list[Stage], modules: list[nn.Module], on_stage_end: Call
         for m in stage.train:
             m.train()
         for m in modules:  # transformers checkpoints activations only in training mode (shipped LMs have no dropout)
-            if getattr(m, "is_gradient_checkpointing", False) and any(id(p) in chosen for p in m.parameters()):
+            if _checkpointing(m) and any(id(p) in chosen for p in m.parameters()):
                 m.train()
         optimizer = stage.optimizer(params) if stage.steps > 0 else None
         first = 0
