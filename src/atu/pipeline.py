@@ -379,6 +379,11 @@ def resume_config(run_dir: Path, overrides: list[str]):
     if json.loads((run_dir / "run.json").read_text()).get("status") == "done":
         raise AtuError(f"the run in {run_dir} already finished; nothing to resume (its report is {run_dir / 'report.html'})")
     saved = OmegaConf.load(run_dir / "config.yaml")
+    try:  # settings added to atu after the run started take their defaults
+        from .config import load_config
+        saved = OmegaConf.merge(load_config([f"method={saved.method.name}"]), saved)
+    except (AtuError, OmegaConfBaseException):
+        pass
     try:
         changed = OmegaConf.merge(saved, OmegaConf.from_dotlist([o.lstrip("+") for o in overrides]))
     except OmegaConfBaseException:
