@@ -31,7 +31,7 @@ def method_overrides(entry: str, per_method: dict[str, list[str]]) -> list[str]:
 def run_all(methods: list[str], targets: list[str], out: Path, shared: list[str], per_method: dict[str, list[str]],
             say=print, attacks: list[str] | None = None) -> list[dict]:
     from .config import load_config, quote
-    from .pipeline import resume_config, unlearn
+    from .pipeline import resumable, resume_config, run_status, unlearn
 
     # validate every configuration before the first (long) run starts
     plans = []
@@ -44,9 +44,9 @@ def run_all(methods: list[str], targets: list[str], out: Path, shared: list[str]
     rows, before = [], {}  # target -> a finished run whose "before" evaluation the others reuse
     for i, (target, entry, run_dir, cfg) in enumerate(plans):
         changes_start = any(o.startswith(STARTING_POINT) for o in per_method.get(entry, []))
-        if _done(run_dir):
+        if run_status(run_dir) == "done":
             say(f"[{i + 1}/{len(plans)}] {entry} on {target}: already done in {run_dir}, kept")
-        elif _resumable(run_dir, cfg):
+        elif resumable(run_dir, cfg):
             say(f"[{i + 1}/{len(plans)}] {entry} on {target}: resuming the interrupted run in {run_dir}")
             unlearn(resume_config(run_dir, []), resume=True)
         else:
@@ -70,17 +70,12 @@ def _slug(name: str) -> str:
     return slug(name)
 
 
-def _done(run_dir: Path) -> bool:
-    try:
-        return json.loads((run_dir / "run.json").read_text()).get("status") == "done"
-    except (OSError, ValueError):
-        return False
-
-
 def collect_folder(folder: Path, out: Path) -> list[dict]:
     """Every finished run folder under `folder` (a sweep), one table: methods that occur several times (different τ,
     hook layers, ...) are labelled with their folder."""
-    runs = sorted(p.parent for p in folder.rglob("run.json") if _done(p.parent))
+    from .pipeline import run_status
+
+    runs = sorted(p.parent for p in folder.rglob("run.json") if run_status(p.parent) == "done")
     if not runs:
         raise AtuError(f"no finished run folder (run.json with status done) under {folder}; pass a sweep folder")
     methods = [json.loads((r / "run.json").read_text())["method"] for r in runs]
@@ -92,18 +87,6 @@ def collect_folder(folder: Path, out: Path) -> list[dict]:
     from .report import write_report
     write_report(out)
     return rows
-
-
-def _resumable(run_dir: Path, cfg) -> bool:
-    """An interrupted run of exactly this configuration, with a checkpoint to continue from."""
-    from omegaconf import OmegaConf
-
-    from .checkpoint import latest
-    from .pipeline import config_changes
-
-    if latest(run_dir / "checkpoints") is None or not (run_dir / "config.yaml").exists():
-        return False
-    return not config_changes(OmegaConf.load(run_dir / "config.yaml"), cfg)
 
 
 def collect(run_dir: Path, entry: str) -> list[dict]:

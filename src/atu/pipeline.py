@@ -98,9 +98,27 @@ def prepare_run_dir(path: Path, overwrite: bool) -> None:
 
 
 def read_evals(run_dir: Path) -> list[dict]:
-    """The evaluation rows of a run folder's metrics.jsonl, in order ('before' first, then each stage)."""
+    """The evaluation rows of a run folder's metrics.jsonl, in order ('before' first, then each stage), without the
+    "event" key."""
     rows = (json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip())
-    return [r for r in rows if r.get("event") == "eval"]
+    return [{k: v for k, v in r.items() if k != "event"} for r in rows if r.get("event") == "eval"]
+
+
+def run_status(run_dir: Path) -> str | None:
+    """run.json's status ("running", "done", "failed", "interrupted"), or None when there is no readable run.json."""
+    try:
+        return json.loads((run_dir / "run.json").read_text()).get("status")
+    except (OSError, ValueError):
+        return None
+
+
+def resumable(run_dir: Path, cfg) -> bool:
+    """An interrupted run of exactly this configuration, with a checkpoint to continue from."""
+    from .checkpoint import latest
+
+    if latest(run_dir / "checkpoints") is None or not (run_dir / "config.yaml").exists():
+        return False
+    return not config_changes(OmegaConf.load(run_dir / "config.yaml"), cfg)
 
 
 def max_context(model) -> int | None:
@@ -253,21 +271,17 @@ def _run(cfg, out, target, model, tok, encoder, device, method_cls, others, note
     else:
         run_info = json.loads((out / "run.json").read_text())
         run_info.update(status="running", resumed=run_info.get("resumed", []) + [time.strftime("%F %T")])
-    write_json(out / "run.json", run_info)
     log = MetricsLog(out, cfg.run.loggers if main else [], cfg, run_info, state["metrics_bytes"] if state else None,
                      state["global_step"] if state else 0)
-    write_json(out / "run.json", run_info)  # with the wandb run id, when wandb logs
+    write_json(out / "run.json", run_info)  # after the logger: with the wandb run id, when wandb logs
     (out / "predictions").mkdir(exist_ok=True)
     history: list[dict] = read_evals(out) if state else []
-    for row in history:
-        row.pop("event", None)
 
     def evaluate_stage(stage_name: str, info: dict) -> None:
         if not target.probes:
             return
         if stage_name == "before" and reuse_before is not None:
-            row = next(r for r in read_evals(reuse_before) if r["stage"] == "before")
-            row = {k: v for k, v in row.items() if k != "event"} | {"reused_from": str(reuse_before)}
+            row = next(r for r in read_evals(reuse_before) if r["stage"] == "before") | {"reused_from": str(reuse_before)}
             history.append(row)
             log({"event": "eval", **row})
             shutil.copy(reuse_before / "predictions" / "before.json", out / "predictions" / "before.json")
@@ -376,7 +390,7 @@ def resume_config(run_dir: Path, overrides: list[str]):
 
     if not (run_dir / "config.yaml").exists() or not (run_dir / "run.json").exists():
         raise AtuError(f"{run_dir} is not a run folder (no config.yaml/run.json); pass the folder atu unlearn wrote")
-    if json.loads((run_dir / "run.json").read_text()).get("status") == "done":
+    if run_status(run_dir) == "done":
         raise AtuError(f"the run in {run_dir} already finished; nothing to resume (its report is {run_dir / 'report.html'})")
     saved = OmegaConf.load(run_dir / "config.yaml")
     try:  # settings added to atu after the run started take their defaults

@@ -63,10 +63,6 @@ def stage_table(history: list[dict]) -> Table:
                  [[_stage_label(r)] + [_cell(r, k) for k, _ in cols] for r in history], [False] + [True] * len(cols))
 
 
-def markdown_table(history: list[dict]) -> str:
-    return stage_table(history).markdown()
-
-
 def change_summary(history: list[dict]) -> str:
     if len(history) < 2:
         return ""
@@ -220,7 +216,7 @@ def _run_report(folder: Path) -> Path:
     from .pipeline import read_evals
 
     run = json.loads((folder / "run.json").read_text())
-    history = [{k: v for k, v in r.items() if k != "event"} for r in read_evals(folder)] if (folder / "metrics.jsonl").exists() else []
+    history = read_evals(folder) if (folder / "metrics.jsonl").exists() else []
     config_text = (folder / "config.yaml").read_text()
     model = _config_value(config_text, "model")
     title = f"Unlearning {run['target']} with {run['method']}"

@@ -22,21 +22,18 @@ _register()
 
 @hydra.main(config_path="config", config_name="sweep", version_base=None)
 def job(cfg: DictConfig) -> int:
-    import json
     from pathlib import Path
 
-    from .checkpoint import latest
     from .methods import method_config
-    from .pipeline import resume_config, unlearn
+    from .pipeline import resumable, resume_config, run_status, unlearn
 
     try:
         cfg.method = method_config(cfg.method)
         OmegaConf.resolve(cfg)  # the run folder name comes from hydra: interpolations, resolved inside the job
         out = Path(cfg.run.output_dir)
-        status = json.loads((out / "run.json").read_text()).get("status") if (out / "run.json").exists() else None
-        if status == "done":  # a re-launched sweep keeps finished jobs
+        if run_status(out) == "done":  # a re-launched sweep keeps finished jobs
             print(f"[atu] {out} is already done; kept", file=sys.stderr)
-        elif latest(out / "checkpoints") is not None:  # requeued after a time-out or preemption: continue
+        elif resumable(out, cfg):  # requeued after a time-out or preemption: continue
             unlearn(resume_config(out, []), resume=True)
         else:
             unlearn(cfg)
