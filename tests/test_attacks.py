@@ -38,6 +38,26 @@ def test_quantize_model_touches_only_block_linears(tiny_model):
     assert not torch.equal(tiny_model.model.layers[0].self_attn.q_proj.weight, q)
 
 
+def test_bitsandbytes_int8_and_nf4_load_a_saved_model_with_bounded_error(tiny_model, tmp_path):
+    import bitsandbytes as bnb
+    from omegaconf import OmegaConf
+
+    from atu.models import load_lm
+
+    tiny_model.save_pretrained(tmp_path)
+    cfg = OmegaConf.create({"name_or_path": str(tmp_path), "dtype": "float32", "trust_remote_code": False,
+                            "local_files_only": True, "revision": None})
+    ids = torch.randint(1000, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = tiny_model(input_ids=ids).logits
+        errors = {}
+        for kind, layer_type in (("int8", bnb.nn.Linear8bitLt), ("nf4", bnb.nn.Linear4bit)):
+            model, _ = load_lm(cfg, "cpu", quantize=kind)
+            assert isinstance(model.model.layers[0].mlp.down_proj, layer_type)
+            errors[kind] = (model(input_ids=ids).logits - ref).abs().mean() / ref.abs().mean()
+    assert 0 < errors["int8"] < errors["nf4"] < 0.5  # changed, less at 8 bits than at 4, and still the same model
+
+
 def test_mia_scores_on_hand_made_token_probabilities():
     logps = [math.log(0.5), math.log(0.25), math.log(0.125), math.log(0.5), math.log(0.5)]
     assert loss_score(logps) == pytest.approx(sum(logps) / 5)
@@ -84,14 +104,20 @@ def test_atu_attack_over_a_tiny_run_writes_the_robustness_table(tmp_path):
     r = atu("unlearn", *[a for a in TINY if not a.startswith("target=")], "target=Warren Buffett",
             "eval.max_probes_per_file=4", f"run.output_dir={out}")
     assert r.returncode == 0, r.stderr[-2000:]
-    r = atu("attack", str(out), "--attacks", "quant4,relearn,incontext,rephrase,mia,probe")
+    r = atu("attack", str(out), "--attacks", "quant4,bnb4,relearn,incontext,rephrase,mia,probe")
     assert r.returncode == 0, r.stderr[-2000:]
     rows = json.loads((out / "attacks" / "attacks.json").read_text())
-    assert {r["attack"] for r in rows} == {"quant4", "relearn", "incontext", "rephrase", "mia", "probe"}
+    assert {r["attack"] for r in rows} == {"quant4", "bnb4", "relearn", "incontext", "rephrase", "mia", "probe"}
     assert all(r["seconds"] >= 0 for r in rows)
     mia_rows = [r for r in rows if r["attack"] == "mia"]
     assert len(mia_rows) == 3 and all(0 <= r["before"] <= 100 for r in mia_rows)
     assert "| quant4 | forget_all |" in (out / "attacks" / "attacks.md").read_text()
+    r = atu("attack", str(out), "--attacks", "quant8,incontext")  # a later attack joins the table; a re-run replaces
+    assert r.returncode == 0, r.stderr[-2000:]
+    again = json.loads((out / "attacks" / "attacks.json").read_text())
+    assert [x["attack"] for x in again if x["attack"] not in ("quant8", "incontext")] == \
+        [x["attack"] for x in rows if x["attack"] != "incontext"]
+    assert sum(x["attack"] == "incontext" for x in again) == 1 and sum(x["attack"] == "quant8" for x in again) == 2
     bad = atu("attack", str(out), "--attacks", "quant3")
     assert bad.returncode == 2 and "unknown attack 'quant3'" in bad.stderr
 

@@ -72,6 +72,8 @@ CASES = [
     ("tau-out-of-range", ["unlearn", "method.taus=[1.5]"], "method.taus has 1.5, outside [-1, 1]"),
     ("tau-increasing", ["unlearn", "method.taus=[0.3,0.5]"], "must not increase"),
     ("hook-layer-too-deep", ["unlearn", "method.hook_layer=9"], "outside this model's 1..4 layers"),
+    ("lora-targets-missing", ["unlearn", "method.lora=true", "method.lora_targets=[qkv_proj]"],
+     "names no linear layer of this model; pick some of"),
     ("encoder-missing", ["unlearn", "encoder.name_or_path=/nonexistent/enc"], "does not exist"),
     ("encoder-hub-offline", ["unlearn", "encoder.name_or_path=someorg/some-encoder"], "cannot load sentence encoder"),
     ("run-folder-exists", ["unlearn", "run.output_dir=EXISTING"], "already exists; pick another run.output_dir"),

@@ -52,3 +52,33 @@ def test_tiny_unlearn_run_writes_a_complete_loadable_run_folder(tmp_path):
     sets = {r["set"] for r in result["predictions"]}
     assert result["target"] == "Stephen King" and {"forget_fb", "forget_qa", "forget_aa", "neighbor_qa"} <= sets
     assert result["metrics"]["n_probes"] == 2 * len(sets)  # eval.max_probes_per_file=2
+
+
+def test_atu_with_lora_trains_adapters_below_the_hook_and_saves_the_merged_model(tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from atu.models import decoder_layers, tiny_lm
+
+    out = tmp_path / "run"
+    r = atu("unlearn", *TINY, "method.lora=true", "method.lora_r=4", "method.lora_alpha=8", "method.unlearn_lr=1e-2",
+            "method.unlearn_optimizer=adam", f"run.output_dir={out}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    adapter = load_file(out / "adapter" / "adapter_model.safetensors")
+    blocks = {int(k.split(".layers.")[1].split(".")[0]) for k in adapter}
+    assert blocks == {0, 1}  # hook layer 2: adapters only where the unlearning forward runs
+    original, unlearned = tiny_lm(seed=0), AutoModelForCausalLM.from_pretrained(out / "model")
+    assert not any("lora" in n for n, _ in unlearned.named_parameters())  # a plain model: adapters merged in
+    run = json.loads((out / "run.json").read_text())
+    assert run["trainable_parameters"] == sum(v.numel() for v in adapter.values())
+    assert run["trainable_parameters"] < sum(p.numel() for p in decoder_layers(original)[:2].parameters()) / 5
+
+    # merged weight = original + (alpha / r) · B A, for a module the adapter changed
+    key = next(k for k in adapter if "layers.1.mlp.down_proj.lora_B" in k)
+    a, b = adapter[key.replace("lora_B", "lora_A")], adapter[key]
+    assert b.abs().sum() > 0  # B starts at zero: unlearning moved it
+    w0, w1 = original.model.layers[1].mlp.down_proj.weight, unlearned.model.layers[1].mlp.down_proj.weight
+    assert torch.allclose(w1, w0 + (8 / 4) * b @ a, atol=1e-6)
+    per_block = len(list(decoder_layers(original)[0].parameters()))
+    changed = [not torch.equal(x, y) for x, y in zip(decoder_layers(original).parameters(), decoder_layers(unlearned).parameters())]
+    assert any(changed[:2 * per_block]) and not any(changed[2 * per_block:])

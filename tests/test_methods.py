@@ -159,6 +159,21 @@ def test_rmu_trains_only_the_chosen_mlps(tokenizer):
     assert changed and all(n.startswith(("model.layers.1.mlp.", "model.layers.2.mlp.")) for n in changed)
 
 
+def test_rmu_with_lora_puts_adapters_on_the_chosen_mlps_only(tokenizer):
+    from atu.models import tiny_lm
+
+    model = tiny_lm(seed=3).eval()
+    before = _snapshot(model)
+    method = _method("rmu", model, tokenizer, steps=3, lr=1e-2, layer=3, train_blocks=[-1, 0], lora=True, lora_r=2)
+    _train(method)
+    adapters = {n for n, _ in method.model.named_parameters() if "lora_" in n}
+    assert adapters and all(".layers.1.mlp." in n or ".layers.2.mlp." in n for n in adapters)
+    assert method.trainable_parameters() == sum(p.numel() for p in method.params())
+    merged = method.model_to_save()
+    changed = {n for n, p in merged.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(n.startswith(("model.layers.1.mlp.", "model.layers.2.mlp.")) for n in changed)
+
+
 def test_grun_leaves_every_base_weight_bit_for_bit_and_reloads(tokenizer, tmp_path):
     from atu.methods.grun import load_intervention
     from atu.models import tiny_lm

@@ -60,6 +60,64 @@ def test_two_processes_with_accelerate_match_one_process(tmp_path):
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
 
 
+def test_fsdp_with_the_shipped_config_matches_one_process_and_resumes_after_sigkill(tmp_path):
+    """The shipped accelerate FSDP config on 2 CPU processes: blocks sharded (FSDP2), the same losses and weights as
+    one process. Killed mid-stage, resumed: checkpoints gather the shards and the resumed run scatters them back."""
+    import signal
+    import time
+    from importlib.resources import files
+
+    from safetensors.torch import load_file
+
+    from atu import checkpoint
+    from atu.models import tiny_lm
+
+    config = str(files("atu.config").joinpath("accelerate/fsdp.yaml"))
+    fsdp = [str(BIN / "accelerate"), "launch", "--config_file", config, "--cpu", "--num_processes", "2", "-m", "atu.cli"]
+    # Adam (sharded optimizer state) on every LM weight (replicated embeddings beside sharded blocks); stages long
+    # enough for the kill to land inside one
+    settings = [*TINY, "method.unlearn_params=all", "method.unlearn_optimizer=adam", "method.unlearn_steps=30",
+                "run.checkpoint_every=4"]
+    one, two, killed = tmp_path / "one", tmp_path / "two", tmp_path / "killed"
+    r = run([sys.executable, "-m", "atu.cli", "unlearn", *settings, f"run.output_dir={one}"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run([*fsdp, "unlearn", *settings, f"run.output_dir={two}"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = steps(one), steps(two)
+    losses = [(x[k], y[k]) for x, y in zip(a, b) for k in ("align_loss", "unlearn_loss") if k in x]
+    assert len(losses) > 10 and all(y == pytest.approx(x, rel=1e-4, abs=1e-6) for x, y in losses)
+    start = tiny_lm(0).state_dict()
+    w1, w2 = load_file(one / "model" / "model.safetensors"), load_file(two / "model" / "model.safetensors")
+    assert w1.keys() == w2.keys()
+    apart = sum((w1[k] - w2[k]).pow(2).sum() for k in w1).sqrt()
+    moved = sum((w1[k] - start[k]).pow(2).sum() for k in w1).sqrt()
+    assert moved > 0.1 and apart < 1e-3 * moved, (apart, moved)
+    assert json.loads((two / "model" / "config.json").read_text())["architectures"] == ["Gemma3ForCausalLM"]
+
+    proc = subprocess.Popen([*fsdp, "unlearn", *settings, f"run.output_dir={killed}"], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        latest = checkpoint.latest(killed / "checkpoints")
+        try:
+            pos = json.loads((latest / "state.json").read_text())["position"] if latest else None
+        except (OSError, ValueError):
+            pos = None
+        if pos and pos["stage"] == 1 and pos["step"] > 0:  # inside the first unlearning stage: Adam state exists
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert not (killed / "model").exists(), "the run ended before it could be killed mid-stage"
+    r = run([*fsdp, "unlearn", "--resume", str(killed)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    w3 = load_file(killed / "model" / "model.safetensors")
+    assert all(torch.allclose(w2[k], w3[k], rtol=0, atol=1e-6) for k in w2)
+    unlearn_losses = lambda rows: [x["unlearn_loss"] for x in rows if "unlearn_loss" in x]
+    assert len(unlearn_losses(b)) >= 8 and unlearn_losses(steps(killed)) == pytest.approx(unlearn_losses(b), rel=1e-6)
+
+
 def test_a_single_process_method_refuses_several_processes(tmp_path):
     r = run([*ACCELERATE, "unlearn", "model=tiny", "method=ga", "run.device=cpu", f"run.output_dir={tmp_path / 'x'}"])
     assert r.returncode != 0 and "atu: error: method ga runs in one process" in r.stderr

@@ -17,7 +17,7 @@ atu: make a language model forget a concept, and measure that it is gone.
   atu report RUN_DIR                   (re)write RUN_DIR/report.html and report.md with plots (run or compare folder)
   atu eval [MODEL] [key=value ...]     score a model (dir, .gguf, hub id, or a run folder) on a target's RWKU probes
   atu targets [--intro] [key=value ...] rank targets by how much the model knows about them
-  atu attack RUN_DIR [--attacks quant8,quant4,relearn,incontext,rephrase,probe,mia] [key=value ...]
+  atu attack RUN_DIR [--attacks quant8,quant4,bnb8,bnb4,relearn,incontext,rephrase,probe,mia] [key=value ...]
                                        is it gone or hidden? robustness table in RUN_DIR/attacks/
   atu compare --methods atu,ga,npo,... [--target NAME ...] [--out DIR] [--attacks quant4,...] [key=value ...]
               [ga:method.lr=1e-5 ...]
@@ -184,7 +184,7 @@ def _attack(rest) -> int:
 
     from omegaconf import OmegaConf
 
-    from .attacks import ATTACKS, markdown, run_attacks
+    from .attacks import default_attacks, markdown, run_attacks
     from .config import load_config, quote
     from .pipeline import say
 
@@ -202,7 +202,7 @@ def _attack(rest) -> int:
     cfg = load_config([f"model.{k}={quote(v) if isinstance(v, str) else v}" for k, v in saved.model.items() if v is not None]
                       + [f"target={quote(saved.target)}", f"data.roots=[{','.join(quote(r) for r in saved.data.roots)}]"]
                       + overrides)
-    names = [a.strip() for a in (args.attacks or ",".join(ATTACKS)).split(",") if a.strip()]
+    names = [a.strip() for a in args.attacks.split(",") if a.strip()] if args.attacks else default_attacks()
     rows = run_attacks(run_dir, names, cfg, say)
     print(markdown(rows))
     say(f"robustness table: {run_dir / 'attacks' / 'attacks.md'}")

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .distributed import is_main, sum_gradients, sum_numbers, sum_over_processes
+from .distributed import clip_gradients, is_main, optimizer_state_like, sum_gradients, sum_numbers, sum_over_processes
 from .errors import AtuError
 
 
@@ -33,6 +33,7 @@ class Stage:
 
 def _checkpointing(module: nn.Module) -> bool:
     """Whether a transformers model has activation checkpointing on (the attribute was renamed in transformers 5)."""
+    module = module.get_base_model() if hasattr(module, "get_base_model") else module  # a peft wrapper: its model
     for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
         if hasattr(type(module), name):
             return bool(getattr(module, name))
@@ -93,7 +94,7 @@ def run_stages(stages: list[Stage], modules: list[nn.Module], on_stage_end: Call
         first = 0
         if mid_stage:
             info, first = resume.info, resume.step
-            optimizer.load_state_dict(resume.optimizer)
+            optimizer.load_state_dict(optimizer_state_like(resume.optimizer, optimizer))
             set_rng_state(resume.rng)
         else:
             log({"event": "stage_start", "stage": stage.name, "kind": stage.kind, "index": index, "steps": stage.steps,
@@ -115,7 +116,7 @@ def run_stages(stages: list[Stage], modules: list[nn.Module], on_stage_end: Call
                 loss.backward()
                 sum_gradients(params)
                 if stage.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(params, stage.grad_clip)
+                    clip_gradients(params, stage.grad_clip)
                 optimizer.step()
             last = numbers
             if step % log_every == 0 or step == stage.steps - 1:

@@ -37,8 +37,9 @@ def pick_device(name: str = "auto") -> torch.device:
 
 # ---------------------------------------------------------------- language model
 
-def load_lm(model_cfg, device: torch.device | str = "cpu"):
-    """Return (model, tokenizer) in eval mode on `device`, tokenizer left-padded with a pad token."""
+def load_lm(model_cfg, device: torch.device | str = "cpu", quantize: str | None = None):
+    """Return (model, tokenizer) in eval mode on `device`, tokenizer left-padded with a pad token. `quantize`
+    ("int8" | "nf4") loads the weights through bitsandbytes (the quantization attack; CPU or CUDA)."""
     if not sys.stderr.isatty():  # logs and CI: no per-tensor "Loading weights" bars
         from transformers.utils import logging as hf_logging
         hf_logging.disable_progress_bar()
@@ -46,24 +47,47 @@ def load_lm(model_cfg, device: torch.device | str = "cpu"):
     dtype = DTYPES.get(model_cfg.dtype)
     if dtype is None:
         raise AtuError(f"model.dtype={model_cfg.dtype} is not one of {sorted(DTYPES)}")
+    bnb = bnb_settings(quantize, device) if quantize else {}
     if name == EMBEDDED_LM:
         path = embedded_lm_dir()
-        model, tok = _from_dir(path, dtype, trust_remote_code=False, local_files_only=True)
+        model, tok = _from_dir(path, dtype, trust_remote_code=False, local_files_only=True, **bnb)
     elif name.startswith("tiny:"):
+        if quantize:
+            raise AtuError(f"{quantize} quantization loads a saved model directory, not {name}; save the model first")
         model, tok = tiny_lm(int(name.split(":", 1)[1] or 0)), gemma_tokenizer()
         model = model.to(dtype)
     elif name.endswith(".gguf"):
-        model, tok = _from_dir(gguf_to_safetensors(Path(name)), dtype, False, True)
+        model, tok = _from_dir(gguf_to_safetensors(Path(name)), dtype, False, True, **bnb)
     else:
         path = Path(name).expanduser()
         looks_local = path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
         if looks_local and not path.is_dir():
             raise AtuError(f"model path {name} does not exist; pass an existing directory, a .gguf file or a hub id")
         model, tok = _from_dir(path if path.is_dir() else name, dtype, model_cfg.trust_remote_code,
-                               model_cfg.local_files_only or looks_local, model_cfg.revision)
+                               model_cfg.local_files_only or looks_local, model_cfg.revision, **bnb)
     prepare_tokenizer(tok)
     model.config.pad_token_id = tok.pad_token_id
-    return model.to(device).eval(), tok
+    return (model if quantize else model.to(device)).eval(), tok  # bitsandbytes places the weights itself
+
+
+def bnb_settings(kind: str, device) -> dict:
+    """from_pretrained arguments for bitsandbytes LLM.int8() or NF4 (QLoRA's 4-bit NormalFloat) weights on `device`."""
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise AtuError(f"{kind} quantization needs the bitsandbytes package; pip install 'atu[quant]' (or use the "
+                       "round-to-nearest attacks quant8/quant4, which need nothing)")
+    from transformers import BitsAndBytesConfig
+
+    device = torch.device(device)
+    if kind == "int8":
+        config = BitsAndBytesConfig(load_in_8bit=True)
+    elif kind == "nf4":
+        compute = torch.bfloat16 if device.type == "cuda" else torch.float32
+        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
+    else:
+        raise AtuError(f"unknown quantization {kind!r}; use int8 or nf4")
+    return {"quantization_config": config, "device_map": {"": str(device)}}
 
 
 def prepare_tokenizer(tok) -> None:
@@ -72,7 +96,7 @@ def prepare_tokenizer(tok) -> None:
     tok.padding_side = "left"  # batched generation; training code pads explicitly
 
 
-def _from_dir(path, dtype, trust_remote_code, local_files_only, revision=None):
+def _from_dir(path, dtype, trust_remote_code, local_files_only, revision=None, **load_kw):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     config = Path(path) / "config.json"
@@ -82,7 +106,7 @@ def _from_dir(path, dtype, trust_remote_code, local_files_only, revision=None):
     kw = dict(trust_remote_code=trust_remote_code, local_files_only=local_files_only, revision=revision)
     try:
         tok = AutoTokenizer.from_pretrained(path, **kw)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw, **load_kw)
     except OSError as e:
         hint = ("it is not in the local hub cache and model.local_files_only=true; download it first or pass a directory"
                 if local_files_only else "check the id or path")
@@ -169,15 +193,20 @@ def num_layers(model) -> int:
     return len(decoder_layers(model))
 
 
-def save_model(model, tokenizer, path: Path) -> None:
-    """Save as a plain Hugging Face directory (safetensors) that AutoModelForCausalLM.from_pretrained loads.
-    Written beside and renamed into place, so a failed save (disk full) never leaves a half-written model/."""
+def save_model(model, tokenizer, path: Path, state_dict: dict | None = None) -> None:
+    """Save as a plain Hugging Face directory (safetensors) that AutoModelForCausalLM.from_pretrained loads; with
+    `state_dict`, those weights (an FSDP model's, gathered). Written beside and renamed into place, so a failed save
+    (disk full) never leaves a half-written model/."""
     import shutil
 
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
+        config = json.loads((tmp / "config.json").read_text())
+        # FSDP2 renames the class it wraps (FSDPGemma3ForCausalLM); the saved config names the model's own class
+        config["architectures"] = [a.removeprefix("FSDP") for a in config.get("architectures") or []]
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
         tokenizer.save_pretrained(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -18,7 +18,7 @@ import torch
 from omegaconf import OmegaConf
 
 from . import data as datalib
-from .distributed import barrier, is_main
+from .distributed import barrier, full, fsdp_requested, gathered, is_main, is_sharded, place_like, shard_blocks
 from .errors import AtuError
 from .evaluate import evaluate_target
 from .files import write_json
@@ -148,7 +148,7 @@ def generate_corpus(model, tokenizer, name: str, n: int, max_new_tokens: int, se
         batch = [prompts[(start + i) % len(prompts)] for i in range(min(8, n - start))]
         enc = tokenizer(batch, return_tensors="pt", padding=True).to(next(model.parameters()).device)
         out = model.generate(**enc, do_sample=True, temperature=0.8, top_p=0.95, max_new_tokens=max_new_tokens,
-                             pad_token_id=tokenizer.pad_token_id)
+                             pad_token_id=tokenizer.pad_token_id, synced_gpus=is_sharded(model))
         for row, prompt in enumerate(batch):
             cont = tokenizer.decode(out[row, enc["input_ids"].shape[1]:], skip_special_tokens=True)
             lead = prompt.split("\n")[-1]
@@ -197,15 +197,25 @@ def unlearn(cfg, reuse_before: Path | None = None, resume: bool = False) -> Path
 
     say(f"loading model {cfg.model.name_or_path}" + (f" and encoder {cfg.encoder.name_or_path}" if method_cls.needs_encoder else "")
         + f" on {device}")
-    model, tok = load_lm(cfg.model, device)
+    fsdp = fsdp_requested()
+    if fsdp and cfg.method.get("lora"):
+        raise AtuError("method.lora=true with FSDP is not supported; train LoRA data-parallel (accelerate launch "
+                       "--multi_gpu) or drop method.lora under FSDP")
+    model, tok = load_lm(cfg.model, "cpu" if fsdp else device)  # FSDP: each process moves only its shards
     ctx_len = max_context(model)
     if ctx_len and cfg.data.max_length > ctx_len:
         raise AtuError(f"data.max_length={cfg.data.max_length} exceeds the model's context of {ctx_len} tokens; lower it")
     if cfg.run.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if fsdp:
+        shard_blocks(model, device)
+        model.to(device)  # the replicated rest: embeddings, final norm, LM head
     encoder = load_encoder(cfg.encoder, device) if method_cls.needs_encoder else None
     notes = []
     method_cls.check_model(cfg.method, model)
+    if cfg.method.get("lora"):
+        from .methods.common import lora_modules
+        lora_modules(cfg.method, model)
 
     from safetensors import SafetensorError
 
@@ -316,20 +326,25 @@ def _run(cfg, out, target, model, tok, encoder, device, method_cls, others, note
             for i, module in enumerate(modules):
                 params = dict(module.named_parameters())
                 for name, value in state["params"].get(str(i), {}).items():
-                    params[name].copy_(value)
+                    params[name].copy_(place_like(value, params[name]))
         method.load_state_dict(state["method"])
         resume = Resume(position["stage"], position["step"], position["info"], state["optimizer"], state["rng"])
     run_info.update(trainable_parameters=method.trainable_parameters(), training_data=method.training_data)
     write_json(out / "run.json", run_info)
 
+    sharded = is_sharded(model)
+
     def save_checkpoint(position: dict, optimizer, trained: set) -> None:
+        if not main and not sharded:
+            return
+        # under FSDP every process takes part in gathering the shards, then the main one writes
+        params = {str(i): {n: full(p) for n, p in m.named_parameters() if id(p) in trained} for i, m in enumerate(modules)}
+        optimizer_state = gathered(optimizer.state_dict()) if optimizer is not None else None
         if not main:
             return
         ckpt.save(out / "checkpoints", {
             "position": position, "global_step": log.global_step, "metrics_bytes": log.size, "utility": utility_scores,
-            "params": {str(i): {n: p for n, p in m.named_parameters() if id(p) in trained} for i, m in enumerate(modules)},
-            "optimizer": optimizer.state_dict() if optimizer is not None else None,
-            "method": method.state_dict(), "rng": ckpt.rng_state()})
+            "params": params, "optimizer": optimizer_state, "method": method.state_dict(), "rng": ckpt.rng_state()})
 
     try:
         run_stages(stages, modules, lambda st, info: evaluate_stage(st.name, info) if st.evaluate else None, log,
@@ -341,9 +356,11 @@ def _run(cfg, out, target, model, tok, encoder, device, method_cls, others, note
             run_info["utility"] = utility_scores
         method.save(out)
         to_save = method.model_to_save()
-        if cfg.run.save_model and to_save is not None and main:
-            say("saving the unlearned model (safetensors)")
-            save_model(to_save, tok, out / "model")
+        if cfg.run.save_model and to_save is not None:
+            weights = {k: full(v) for k, v in to_save.state_dict().items()} if sharded else None  # every process gathers
+            if main:
+                say("saving the unlearned model (safetensors)")
+                save_model(to_save, tok, out / "model", weights)
     except BaseException as e:  # the run folder says how it ended; the last checkpoint stays for --resume
         failed = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
         run_info.update(status=failed, error=str(e).splitlines()[0] if str(e) else type(e).__name__,
@@ -443,11 +460,11 @@ def _one_line(row: dict) -> str:
     return f"eval {row['stage']}{tau}: " + ", ".join(f"{k}={row[k]:.1f}" for k in keys) + f" [{row['eval_seconds']} s]"
 
 
-def load_run_model(run_dir: Path, cfg, device):
+def load_run_model(run_dir: Path, cfg, device, quantize: str | None = None):
     """The model a finished run produced: its saved model/, or the base model plus the run's GRUN intervention; and
     the instruction an ICU run puts before every probe. Returns (model, tokenizer, system_prompt)."""
     model_cfg = OmegaConf.merge(cfg.model, {"name_or_path": str(run_dir / "model")}) if (run_dir / "model").is_dir() else cfg.model
-    model, tok = load_lm(model_cfg, device)
+    model, tok = load_lm(model_cfg, device, quantize)
     if (run_dir / "grun.json").exists():
         from .methods.grun import load_intervention
         load_intervention(model, run_dir)

@@ -2,6 +2,7 @@
 the probes, giving a robustness row: before unlearning / after unlearning / after the attack.
 
   quant8, quant4  round-to-nearest weight quantization (per-group scales)      -> forget and neighbour probes
+  bnb8, bnb4      bitsandbytes LLM.int8() and NF4 weights (CPU or GPU)          -> forget and neighbour probes
   relearn         a few fine-tuning steps on half the forget QA pairs          -> the other half
   incontext       three true QA facts about the target in the prompt           -> forget QA
   rephrase        paraphrased / translated and multi-hop questions              -> read from the run's evaluations
@@ -18,7 +19,16 @@ from pathlib import Path
 
 from ..errors import AtuError, did_you_mean
 
-ATTACKS = ("quant8", "quant4", "relearn", "incontext", "rephrase", "probe", "mia")
+ATTACKS = ("quant8", "quant4", "bnb8", "bnb4", "relearn", "incontext", "rephrase", "probe", "mia")
+BNB = {"bnb8": "int8", "bnb4": "nf4"}
+
+
+def default_attacks() -> list[str]:
+    """Every attack that can run here: the bitsandbytes ones only where the package is installed."""
+    import importlib.util
+
+    has_bnb = importlib.util.find_spec("bitsandbytes") is not None
+    return [a for a in ATTACKS if a not in BNB or has_bnb]
 FORGET_AND_NEIGHBOURS = ("forget_fb", "forget_qa", "forget_aa", "neighbor_fb", "neighbor_qa")
 
 
@@ -37,6 +47,9 @@ def run_attacks(run_dir: Path, names: list[str], cfg, say=print) -> list[dict]:
     unknown = [n for n in names if n not in ATTACKS]
     if unknown:
         raise AtuError(f"unknown attack {unknown[0]!r}.{did_you_mean(unknown[0], ATTACKS)} Known: {', '.join(ATTACKS)}")
+    if any(n in BNB for n in names):
+        from ..models import bnb_settings
+        bnb_settings("int8", "cpu")  # fails now, in one line, when bitsandbytes is missing: before any long attack
     evals = read_evals(run_dir)
     if not evals or evals[0]["stage"] != "before":
         raise AtuError(f"{run_dir} has no 'before' evaluation; attacks compare against it (run atu unlearn with probes)")
@@ -75,6 +88,12 @@ def run_attacks(run_dir: Path, names: list[str], cfg, say=print) -> list[dict]:
             del attacked
             for key in ("forget_all", "neighbor_all"):
                 rows.append(_row(name, key, before_row.get(key), after_row.get(key), m.get(key)))
+        elif name in BNB:
+            attacked = load_run_model(run_dir, cfg, device, quantize=BNB[name])[0]
+            m = score(attacked, fn_sets)
+            del attacked
+            for key in ("forget_all", "neighbor_all"):
+                rows.append(_row(name, key, before_row.get(key), after_row.get(key), m.get(key), f"bitsandbytes {BNB[name]}"))
         elif name == "relearn":
             from .relearn import relearn, split_probes
 
@@ -125,6 +144,9 @@ def run_attacks(run_dir: Path, names: list[str], cfg, say=print) -> list[dict]:
         say(f"attack {name} done in {time.time() - t0:.0f} s")
     out = run_dir / "attacks"
     out.mkdir(exist_ok=True)
+    if (out / "attacks.json").exists():  # attacks run earlier stay, in their order; the ones re-run now replace theirs
+        earlier = [r for r in json.loads((out / "attacks.json").read_text()) if r["attack"] not in names]
+        rows = earlier + rows
     write_json(out / "attacks.json", rows)
     (out / "attacks.md").write_text(markdown(rows) + "\n")
     return rows

@@ -12,6 +12,8 @@ from functools import lru_cache
 
 import torch
 
+from ..distributed import is_sharded
+
 FB_INSTRUCTION = "Please complete the blank in the following question."
 QA_INSTRUCTION = "Please briefly answer the following question."
 FORGET_SETS = ("forget_fb", "forget_qa", "forget_aa")
@@ -81,7 +83,8 @@ def generate(model, tokenizer, prompts: list[str], batch_size: int = 16, max_new
         prompt_len = enc["input_ids"].shape[1]
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                              stopping_criteria=StoppingCriteriaList([_StopAtAnswerNewline(tokenizer, prompt_len)]),
-                             pad_token_id=tokenizer.pad_token_id, top_p=None, top_k=None, temperature=None)
+                             pad_token_id=tokenizer.pad_token_id, top_p=None, top_k=None, temperature=None,
+                             synced_gpus=is_sharded(model))
         for row, i in enumerate(idx):
             text = tokenizer.decode(out[row, prompt_len:], skip_special_tokens=True)
             outputs[i] = text.strip().split("\n")[0].strip()

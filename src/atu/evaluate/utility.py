@@ -14,6 +14,7 @@ from collections import Counter
 import torch
 
 from ..data import SHIPPED
+from ..distributed import is_sharded
 from .rwku import generate
 
 UTILITY_DIR = SHIPPED / "official" / "1_Stephen_King"
@@ -134,7 +135,7 @@ def _generate_free(model, tokenizer, prompts, batch_size, max_new_tokens, stop_a
     for i in range(0, len(prompts), batch_size):
         enc = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True).to(device)
         gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                             top_p=None, top_k=None, temperature=None)
+                             top_p=None, top_k=None, temperature=None, synced_gpus=is_sharded(model))
         for row in gen[:, enc["input_ids"].shape[1]:]:
             text = tokenizer.decode(row, skip_special_tokens=True)
             outs.append(text.split("\n\n")[0] if stop_at_blank_line else text)

@@ -26,11 +26,12 @@ from ..errors import AtuError
 from ..head import EmbeddingHead
 from ..models import decoder_layers
 from . import register
-from .common import OPTIMIZERS, Resumable, cache_states, hidden_at, masked_mean, pick_layer, relative_drift
+from .common import (OPTIMIZERS, LoraSettings, Resumable, add_lora, cache_states, hidden_at, lora_params, masked_mean, merged,
+                     pick_layer, relative_drift, save_adapter)
 
 
 @dataclass
-class ATUConfig:
+class ATUConfig(LoraSettings):  # lora: true trains peft adapters in blocks 1..L instead of the weights
     name: str = "atu"
     # Residual stream after block L (Hugging Face hidden_states[L]); None -> round(0.9 * layers) (paper: 29 of 32).
     hook_layer: Optional[int] = None
@@ -54,7 +55,7 @@ class ATUConfig:
     unlearn_lr: float = 3e-4
     unlearn_optimizer: str = "sgd"  # sgd | adam | adamw
     unlearn_batch_size: int = 16
-    unlearn_params: str = "all"  # all | below_hook (blocks 1..L only; embeddings frozen)
+    unlearn_params: str = "all"  # all | below_hook (blocks 1..L only; embeddings frozen); ignored with lora
     retain_weight: float = 0.0  # weight of the hook-state retain term on other targets' text (0 = paper)
     grad_clip: float = 1.0
 
@@ -197,6 +198,8 @@ class ATU(Resumable):
                                                           show_progress_bar=False))
         make = lambda texts: Batchable(make_chunks(texts, ctx.tokenizer, enc.tokenizer, cfg.window_tokens, ctx.max_length),
                                        encode, ctx.tokenizer.pad_token_id, ctx.device)
+        if cfg.lora:  # adapters only where the unlearning forward runs: blocks below the hook layer get gradients
+            ctx.model = add_lora(ctx.model, cfg, blocks=list(range(self.layer)))
         progress(f"encoding {cfg.window_tokens}-token windows once for the run")
         self.forget = make(ctx.forget_texts)
         self.retain = make(ctx.retain_texts) if ctx.retain_texts else None
@@ -260,6 +263,8 @@ class ATU(Resumable):
 
     def _lm_params(self):
         model = self.ctx.model
+        if self.cfg.lora:
+            return lora_params(model)
         if self.cfg.unlearn_params == "below_hook":
             return [p for block in decoder_layers(model)[: self.layer] for p in block.parameters()]
         return list(model.parameters())
@@ -334,14 +339,15 @@ class ATU(Resumable):
         return sum(p.numel() for p in self._lm_params())
 
     def model_to_save(self):
-        return self.ctx.model
+        return merged(self.ctx.model)
 
     def save(self, out) -> None:
-        """The head (safetensors), its config, the hook layer and the thresholds used."""
+        """The head (safetensors), its config, the hook layer and the thresholds used; with LoRA, the adapter."""
         import json
 
         from safetensors.torch import save_file
 
+        save_adapter(self.ctx.model, out)
         save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, str(out / "head.safetensors"))
         meta = {"head_config": self.head.config, "hook_layer": self.layer, "thresholds": self.thresholds,
                 "window_tokens": self.cfg.window_tokens}

@@ -2,7 +2,7 @@
 at a layer, LoRA wrapping, optimizers. One place for each, so a method file holds only its loss and what it trains."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -195,14 +195,51 @@ def sample_rows(n: int, k: int, gen: torch.Generator, device) -> torch.Tensor:
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def add_lora(model, r: int, alpha: int, dropout: float, targets: list[str]):
-    """Wrap `model` with peft LoRA adapters; only the adapters train. Returns the peft model."""
+@dataclass
+class LoraSettings:
+    """The LoRA switch every LM-training method's config carries (it inherits these fields): with `lora: true` only
+    peft adapters train, and the saved model is the merged one (the adapter is kept beside it)."""
+    lora: bool = False
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+
+
+def add_lora(model, cfg: LoraSettings, blocks: list[int] | None = None):
+    """Wrap `model` with peft LoRA adapters on cfg.lora_targets (in the given 0-based blocks only, when given).
+    Returns the peft model; its base weights stay frozen."""
     from peft import LoraConfig, get_peft_model
 
-    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    chosen = [t for t in targets if t in present]
-    return get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=chosen,
+    return get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                            target_modules=lora_modules(cfg, model), layers_to_transform=blocks,
                                             task_type="CAUSAL_LM"))
+
+
+def lora_modules(cfg: LoraSettings, model) -> list[str]:
+    """The names in cfg.lora_targets that this model has (checked before a run starts)."""
+    from ..errors import AtuError
+
+    present = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    chosen = [t for t in cfg.lora_targets if t in present]
+    if not chosen:
+        raise AtuError(f"method.lora_targets={list(cfg.lora_targets)} names no linear layer of this model; pick some of "
+                       f"{', '.join(sorted(present)[:8])}")
+    return chosen
+
+
+def lora_params(model) -> list[torch.nn.Parameter]:
+    return [p for n, p in model.named_parameters() if "lora_" in n]
+
+
+def merged(model):
+    """The model to save: a peft model's adapters merged into its weights (a plain HF model), anything else as is."""
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+
+
+def save_adapter(model, out) -> None:
+    if hasattr(model, "peft_config"):
+        model.save_pretrained(out / "adapter")  # the LoRA adapter alone, beside the merged model
 
 
 def count_parameters(params) -> int:

@@ -16,12 +16,12 @@ from ..engine import Stage
 from ..errors import AtuError
 from ..models import decoder_layers
 from . import register
-from .common import (OPTIMIZERS, Resumable, cache_states, count_parameters, hidden_at, masked_mean, pick_layer, relative_drift,
-                     sample_rows, text_sequences)
+from .common import (OPTIMIZERS, LoraSettings, Resumable, add_lora, cache_states, count_parameters, hidden_at, lora_params,
+                     masked_mean, merged, pick_layer, relative_drift, sample_rows, save_adapter, text_sequences)
 
 
 @dataclass
-class RMUConfig:
+class RMUConfig(LoraSettings):  # lora: true puts the adapters on the MLPs of the train_blocks instead
     name: str = "rmu"
     layer: Optional[int] = None  # None -> round(layers / 4), at least 3 (WMDP: 7 of 32)
     train_blocks: list[int] = field(default_factory=lambda: [-2, -1, 0])  # MLPs of blocks ℓ-2..ℓ (WMDP)
@@ -32,6 +32,7 @@ class RMUConfig:
     optimizer: str = "adamw"
     batch_size: int = 4
     grad_clip: float = 1.0
+    lora_targets: list[str] = field(default_factory=lambda: ["gate_proj", "up_proj", "down_proj", "fc1", "fc2"])
 
 
 def rmu_forget_loss(h: torch.Tensor, control: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
@@ -82,10 +83,18 @@ class RMU(Resumable):
         g = torch.Generator().manual_seed(ctx.seed)
         u = torch.rand(forget0.shape[-1], generator=g)  # WMDP: uniform [0,1) then normalised
         self.control = (self.cfg.steer * float(norms.mean()) * u / u.norm()).to(ctx.device)
+        if self.cfg.lora:
+            self.model = ctx.model = add_lora(self.model, self.cfg, blocks=self._blocks())
+
+    def _blocks(self) -> list[int]:
+        """0-based indices of the blocks whose MLPs train."""
+        return [self.ell + o - 1 for o in self.cfg.train_blocks]
 
     def params(self):
+        if self.cfg.lora:
+            return lora_params(self.model)
         blocks = decoder_layers(self.model)
-        return [p for o in self.cfg.train_blocks for p in blocks[self.ell + o - 1].mlp.parameters()]
+        return [p for i in self._blocks() for p in blocks[i].mlp.parameters()]
 
     def loss(self, step):
         rows = sample_rows(len(self.forget), self.cfg.batch_size, self.gen, self.forget.ids.device)
@@ -108,7 +117,7 @@ class RMU(Resumable):
         return count_parameters(self.params())
 
     def model_to_save(self):
-        return self.model
+        return merged(self.model)
 
     def save(self, out) -> None:
-        pass
+        save_adapter(self.model, out)

@@ -22,15 +22,15 @@ import torch.nn.functional as F
 from ..engine import Stage
 from ..errors import AtuError
 from . import register
-from .common import (LORA_TARGETS, OPTIMIZERS, Resumable, Sequences, add_lora, all_sequence_logps, count_parameters, mean_nll,
-                     sample_rows, sequence_logps, text_sequences)
+from .common import (OPTIMIZERS, LoraSettings, Resumable, Sequences, add_lora, all_sequence_logps, count_parameters,
+                     lora_params, mean_nll, merged, sample_rows, save_adapter, sequence_logps, text_sequences)
 from .training_data import dpo_pairs, refusal_pairs
 
 TERMS = ("ga", "npo", "simnpo", "dpo", "rt", "retain_nll", "retain_kl")
 
 
 @dataclass
-class TokenConfig:
+class TokenConfig(LoraSettings):  # lora: true trains peft adapters instead of all weights
     name: str = "ga"
     losses: list[str] = field(default_factory=lambda: ["ga"])
     weights: list[float] = field(default_factory=lambda: [1.0])
@@ -42,11 +42,6 @@ class TokenConfig:
     optimizer: str = "adam"  # sgd | adam | adamw
     batch_size: int = 4
     grad_clip: float = 1.0
-    lora: bool = False  # train LoRA adapters (peft) instead of all weights; merged into the saved model
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    lora_targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
 
 
 def npo_loss(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> torch.Tensor:
@@ -119,7 +114,7 @@ class TokenMethod(Resumable):
             self.rejected = prompt_answer([(p, r) for p, _, r in triples], tok, ctx)
             self.training_data["dpo"] = source
         if cfg.lora:
-            ctx.model = add_lora(ctx.model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, list(cfg.lora_targets))
+            ctx.model = add_lora(ctx.model, cfg)
         self.model = ctx.model
         needs_ref = terms & {"npo", "dpo", "retain_kl"}
         if needs_ref:
@@ -142,7 +137,7 @@ class TokenMethod(Resumable):
         return self.model.disable_adapter() if self.cfg.lora else contextlib.nullcontext()
 
     def params(self):
-        return [p for n, p in self.model.named_parameters() if not self.cfg.lora or "lora_" in n]
+        return lora_params(self.model) if self.cfg.lora else list(self.model.parameters())
 
     def stages(self) -> list[Stage]:
         cfg = self.cfg
@@ -194,11 +189,10 @@ class TokenMethod(Resumable):
         return count_parameters(self.params())
 
     def model_to_save(self):
-        return self.model.merge_and_unload() if self.cfg.lora else self.model
+        return merged(self.model)
 
     def save(self, out) -> None:
-        if self.cfg.lora:
-            self.model.save_pretrained(out / "adapter")  # the LoRA adapter alone, beside the merged model
+        save_adapter(self.model, out)
 
 
 def prompt_answer(pairs, tok, ctx) -> Sequences:
