@@ -31,9 +31,24 @@ def steps(run_dir: Path) -> list[dict]:
     return [r for r in rows if r["event"] in ("step", "stage_end")]
 
 
-def test_two_processes_with_accelerate_match_one_process(tmp_path):
+def assert_same_weights(one: Path, two: Path) -> dict:
+    """The two runs' saved weights agree to float noise: their difference is < 0.1% of what unlearning changed (Adam
+    turns the summation-order noise of near-zero gradients into full-size steps, so a per-element tolerance would be
+    wrong). Returns the second run's weights."""
     from safetensors.torch import load_file
 
+    from atu.models import tiny_lm
+
+    start = tiny_lm(0).state_dict()
+    w1, w2 = load_file(one / "model" / "model.safetensors"), load_file(two / "model" / "model.safetensors")
+    assert w1.keys() == w2.keys()
+    apart = sum((w1[k] - w2[k]).pow(2).sum() for k in w1).sqrt()
+    moved = sum((w1[k] - start[k]).pow(2).sum() for k in w1).sqrt()
+    assert moved > 0.1 and apart < 1e-3 * moved, (apart, moved)
+    return w2
+
+
+def test_two_processes_with_accelerate_match_one_process(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     r = run([sys.executable, "-m", "atu.cli", "unlearn", *TINY, f"run.output_dir={one}"])
     assert r.returncode == 0, r.stderr[-2000:]
@@ -47,16 +62,7 @@ def test_two_processes_with_accelerate_match_one_process(tmp_path):
     assert len(losses) > 10 and any(x > 0 for x, _ in losses)
     for x, y in losses:  # each process holds half of every batch; the summed gradients are one process's
         assert y == pytest.approx(x, rel=1e-5, abs=1e-7)
-    # the weights agree to float noise: their difference is < 0.1% of what unlearning changed (Adam turns the
-    # summation-order noise of near-zero gradients into full-size steps, so a per-element tolerance would be wrong)
-    from atu.models import tiny_lm
-
-    start = tiny_lm(0).state_dict()
-    w1, w2 = load_file(one / "model" / "model.safetensors"), load_file(two / "model" / "model.safetensors")
-    assert w1.keys() == w2.keys()
-    apart = sum((w1[k] - w2[k]).pow(2).sum() for k in w1).sqrt()
-    moved = sum((w1[k] - start[k]).pow(2).sum() for k in w1).sqrt()
-    assert moved > 0.1 and apart < 1e-3 * moved, (apart, moved)
+    assert_same_weights(one, two)
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
 
 
@@ -70,7 +76,6 @@ def test_fsdp_with_the_shipped_config_matches_one_process_and_resumes_after_sigk
     from safetensors.torch import load_file
 
     from atu import checkpoint
-    from atu.models import tiny_lm
 
     config = str(files("atu.config").joinpath("accelerate/fsdp.yaml"))
     fsdp = [str(BIN / "accelerate"), "launch", "--config_file", config, "--cpu", "--num_processes", "2", "-m", "atu.cli"]
@@ -86,12 +91,7 @@ def test_fsdp_with_the_shipped_config_matches_one_process_and_resumes_after_sigk
     a, b = steps(one), steps(two)
     losses = [(x[k], y[k]) for x, y in zip(a, b) for k in ("align_loss", "unlearn_loss") if k in x]
     assert len(losses) > 10 and all(y == pytest.approx(x, rel=1e-4, abs=1e-6) for x, y in losses)
-    start = tiny_lm(0).state_dict()
-    w1, w2 = load_file(one / "model" / "model.safetensors"), load_file(two / "model" / "model.safetensors")
-    assert w1.keys() == w2.keys()
-    apart = sum((w1[k] - w2[k]).pow(2).sum() for k in w1).sqrt()
-    moved = sum((w1[k] - start[k]).pow(2).sum() for k in w1).sqrt()
-    assert moved > 0.1 and apart < 1e-3 * moved, (apart, moved)
+    w2 = assert_same_weights(one, two)
     assert json.loads((two / "model" / "config.json").read_text())["architectures"] == ["Gemma3ForCausalLM"]
 
     proc = subprocess.Popen([*fsdp, "unlearn", *settings, f"run.output_dir={killed}"], start_new_session=True,

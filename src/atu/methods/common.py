@@ -209,11 +209,15 @@ class LoraSettings:
 def add_lora(model, cfg: LoraSettings, blocks: list[int] | None = None):
     """Wrap `model` with peft LoRA adapters on cfg.lora_targets (in the given 0-based blocks only, when given).
     Returns the peft model; its base weights stay frozen."""
+    import warnings
+
     from peft import LoraConfig, get_peft_model
 
-    return get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                            target_modules=lora_modules(cfg, model), layers_to_transform=blocks,
-                                            task_type="CAUSAL_LM"))
+    config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                        target_modules=lora_modules(cfg, model), layers_to_transform=blocks, task_type="CAUSAL_LM")
+    with warnings.catch_warnings():  # peft reads the attribute transformers 5 renamed; the warning is not the user's
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def lora_modules(cfg: LoraSettings, model) -> list[str]:
