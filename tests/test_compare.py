@@ -41,3 +41,20 @@ def test_compare_rejects_bad_method_lists_before_running_anything(tmp_path):
     assert not out.exists()
     r = atu("compare", "--methods", "ga", "--out", str(out), "npo:method.beta=1")
     assert r.returncode == 2 and "not in --methods" in r.stderr
+
+
+def test_target_means_average_methods_over_all_and_known_targets_with_attack_columns():
+    from atu.compare import TABLE, target_means
+
+    def row(method, target, forget, attack=None):
+        r = {"method": method, "target": target, **{k: None for k, _ in TABLE}, "forget_all": forget}
+        return r | ({"quant4: forget_all": attack} if attack is not None else {})
+
+    finals = [row("before", "A", 30.0, 30.0), row("before", "B", 5.0, 5.0),  # the model knows A (≥ 15), not B
+              row("atu", "A", 10.0, 4.0), row("atu", "B", 2.0, 1.0), row("ga", "A", 0.0)]
+    means = {(m["method"], m["target"]): m for m in target_means(finals)}
+    assert means[("atu", "mean of 2 targets")]["forget_all"] == 6.0
+    assert means[("atu", "mean of 1 known")]["forget_all"] == 10.0
+    assert means[("atu", "mean of 2 targets")]["quant4: forget_all"] == 2.5
+    assert means[("ga", "mean of 2 targets")]["forget_all"] == 0.0  # only the targets a method ran on
+    assert means[("ga", "mean of 2 targets")].get("quant4: forget_all") is None

@@ -71,17 +71,18 @@ def _slug(name: str) -> str:
 
 
 def collect_folder(folder: Path, out: Path) -> list[dict]:
-    """Every finished run folder under `folder` (a sweep), one table: methods that occur several times (different τ,
-    hook layers, ...) are labelled with their folder."""
+    """Every finished run folder under `folder` (a sweep), one table: a method that occurs several times on one target
+    (different τ, hook layers, ...) is labelled with its folder."""
     from .pipeline import run_status
 
     runs = sorted(p.parent for p in folder.rglob("run.json") if run_status(p.parent) == "done")
     if not runs:
         raise AtuError(f"no finished run folder (run.json with status done) under {folder}; pass a sweep folder")
-    methods = [json.loads((r / "run.json").read_text())["method"] for r in runs]
+    infos = [json.loads((r / "run.json").read_text()) for r in runs]
+    keys = [(i["method"], i["target"]) for i in infos]  # a sweep over targets keeps one label per method (means)
     rows = []
-    for run_dir, method in zip(runs, methods):
-        label = method if methods.count(method) == 1 else f"{method} [{run_dir.relative_to(folder)}]"
+    for run_dir, info, key in zip(runs, infos, keys):
+        label = info["method"] if keys.count(key) == 1 else f"{info['method']} [{run_dir.relative_to(folder)}]"
         rows.extend(collect(run_dir, label))
     write_outputs(rows, out)
     from .report import write_report
@@ -143,9 +144,10 @@ def target_means(finals: list[dict]) -> list[dict]:
     for label, keep in ((f"mean of {len(targets)} targets", set(targets)), (f"mean of {len(known)} known", known)):
         for method in dict.fromkeys(r["method"] for r in finals):
             group = [r for r in finals if r["method"] == method and r["target"] in keep]
+            attacks = dict.fromkeys(k for g in group for k in g if ": " in k)  # "quant4: forget_all", ...
             if group:
                 out.append({"method": method, "target": label, "seconds": None, "trainable_parameters": None,
-                            **{k: _avg([g[k] for g in group]) for k, _ in TABLE}})
+                            **{k: _avg([g.get(k) for g in group]) for k in [k for k, _ in TABLE] + list(attacks)}})
     return out
 
 
