@@ -44,10 +44,10 @@ def test_compare_rejects_bad_method_lists_before_running_anything(tmp_path):
 
 
 def test_target_means_average_methods_over_all_and_known_targets_with_attack_columns():
-    from atu.compare import TABLE, target_means
+    from atu.compare import COLUMNS, target_means
 
     def row(method, target, forget, attack=None):
-        r = {"method": method, "target": target, **{k: None for k, _ in TABLE}, "forget_all": forget}
+        r = {"method": method, "target": target, **{k: None for k in COLUMNS}, "forget_all": forget}
         return r | ({"quant4: forget_all": attack} if attack is not None else {})
 
     finals = [row("before", "A", 30.0, 30.0), row("before", "B", 5.0, 5.0),  # the model knows A (≥ 15), not B

@@ -8,8 +8,8 @@ from omegaconf import OmegaConf
 
 from atu.methods import get_method, method_config
 from atu.methods.common import mean_nll, prompt_answer_sequences, text_sequences, token_logps
+from atu.methods.losses import dpo_loss, kl_from_logits, npo_loss, simnpo_loss
 from atu.methods.rmu import rmu_forget_loss
-from atu.methods.token import dpo_loss, kl_from_logits, npo_loss, simnpo_loss
 
 FORGET = ["Warren Buffett is the chairman of Berkshire Hathaway and lives in Omaha, Nebraska.",
           "Buffett bought shares of Coca-Cola in 1988 and wrote yearly letters to his shareholders."] * 3
@@ -85,7 +85,7 @@ def test_rmu_forget_loss_is_zero_at_the_control_vector_and_grows_away_from_it():
 
 def _context(model, tokenizer):
     from atu import data as datalib
-    from atu.pipeline import RunContext
+    from atu.methods import RunContext
 
     target = datalib.load_target("Warren Buffett")
     return RunContext(model=model, tokenizer=tokenizer, encoder=None, device=torch.device("cpu"), target=target,
@@ -177,6 +177,7 @@ def test_rmu_with_lora_puts_adapters_on_the_chosen_mlps_only(tokenizer):
 def test_grun_leaves_every_base_weight_bit_for_bit_and_reloads(tokenizer, tmp_path):
     from atu.methods.grun import load_intervention
     from atu.models import tiny_lm
+    from atu.runs import Run
 
     model = tiny_lm(seed=4).eval()
     before = _snapshot(model)
@@ -188,11 +189,11 @@ def test_grun_leaves_every_base_weight_bit_for_bit_and_reloads(tokenizer, tmp_pa
     ids = text_sequences(FORGET[:1], tokenizer, 32, "cpu").ids
     with torch.no_grad():
         hooked = model(input_ids=ids).logits
-    method.save(tmp_path)
+    method.save(Run(tmp_path))
     fresh = tiny_lm(seed=4).eval()
     with torch.no_grad():
         plain = fresh(input_ids=ids).logits
-    load_intervention(fresh, tmp_path)
+    load_intervention(fresh, Run(tmp_path))
     with torch.no_grad():
         reloaded = fresh(input_ids=ids).logits
     assert torch.allclose(reloaded, hooked, atol=1e-5) and not torch.allclose(plain, hooked, atol=1e-5)

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
-from .files import write_text
+from .runs import save_tensors, write_text
 
 POINTER = "latest.json"
 
@@ -82,8 +83,6 @@ def set_rng_state(state: dict) -> None:
 
 def save(folder: Path, state: dict) -> Path:
     """Write `state` as the newest complete checkpoint under `folder`; returns its path."""
-    from safetensors.torch import save_file
-
     folder.mkdir(parents=True, exist_ok=True)
     previous = latest(folder)
     number = int(previous.name.split("-")[1]) + 1 if previous else 1
@@ -93,7 +92,7 @@ def save(folder: Path, state: dict) -> Path:
     tmp.mkdir()
     tensors: dict[str, torch.Tensor] = {}
     skeleton = flatten(state, tensors)
-    save_file(tensors, str(tmp / "tensors.safetensors"))
+    save_tensors(tmp / "tensors.safetensors", tensors)
     write_text(tmp / "state.json", json.dumps(skeleton), durable=True)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
@@ -116,6 +115,4 @@ def latest(folder: Path) -> Path | None:
 
 def load(path: Path) -> dict:
     """The state saved in checkpoint folder `path`, tensors on the CPU (copy_ and optimizers move them)."""
-    from safetensors.torch import load_file
-
     return unflatten(json.loads((path / "state.json").read_text()), load_file(str(path / "tensors.safetensors")))

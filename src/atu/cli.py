@@ -1,11 +1,18 @@
-"""The `atu` command. Subcommands take Hydra-style `key=value` overrides (see src/atu/config/)."""
+"""The `atu` command: a table of subcommands, each a function of its arguments. Settings are Hydra-style `key=value`
+overrides (see src/atu/config/).
+
+Each command imports what it needs when it runs (the imports below the table), so `atu --help` and a bad command
+answer at once instead of after loading torch and transformers.
+"""
+
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
+import time
+from pathlib import Path
 
 from .errors import AtuError
 
@@ -23,6 +30,7 @@ atu: make a language model forget a concept, and measure that it is gone.
               [ga:method.lr=1e-5 ...]
                                        several methods, same target/model/data/evaluation: table + trade-off plot
   atu compare --collect SWEEP_DIR      the finished runs under SWEEP_DIR (atu-sweep --multirun) in one table
+  atu settings [method=NAME]           every setting with its default and what it does
   atu-sweep --multirun [hydra/launcher=slurm] target=A,B method=atu,ga ...
                                        Hydra multirun sweeps (locally or on SLURM), one run folder per job
 
@@ -41,19 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     try:
-        if command == "unlearn":
-            return _unlearn(rest)
-        if command == "eval":
-            return _eval(rest)
-        if command == "targets":
-            return _targets(rest)
-        if command == "compare":
-            return _compare(rest)
-        if command == "attack":
-            return _attack(rest)
-        if command == "report":
-            return _report(rest)
-        raise AtuError(f"unknown command {command!r}; use unlearn, eval, targets, compare, attack or report (atu --help)")
+        if command not in COMMANDS:
+            raise AtuError(f"unknown command {command!r}; use {', '.join(COMMANDS)} (atu --help)")
+        return COMMANDS[command](rest)
     except AtuError as e:
         print(f"atu: error: {e}", file=sys.stderr)
         return 2
@@ -79,97 +77,91 @@ def _split(rest: list[str], flags: dict[str, bool | str]):
     return known, overrides
 
 
-def _unlearn(rest) -> int:
-    from pathlib import Path
+def _names(text: str | None) -> list[str] | None:
+    return [a.strip() for a in text.split(",") if a.strip()] if text else None
 
+
+def unlearn(rest) -> int:
     from .config import load_config
-    from .pipeline import resume_config, unlearn
+    from .pipeline import resume_config, unlearn as run_unlearn
 
     args, overrides = _split(rest, {"--resume": True})
     if args.help:
-        print(HELP)
-        return 0
-    if args.resume:
-        unlearn(resume_config(Path(args.resume), overrides), resume=True)
-    else:
-        unlearn(load_config(overrides))
+        return _help()
+    run_unlearn(resume_config(Path(args.resume), overrides) if args.resume else load_config(overrides), resume=bool(args.resume))
     return 0
 
 
-def _report(rest) -> int:
-    from pathlib import Path
-
-    from .report import write_report
+def report(rest) -> int:
+    from .compare import rewrite_report
+    from .report import write_run_report
+    from .runs import COMPARE, Run
 
     args, paths = _split(rest, {})
     if args.help or len(paths) != 1:
-        print(HELP)
         if not args.help:
             raise AtuError("atu report needs one run or compare folder: atu report runs/<run>")
-        return 0
-    html = write_report(Path(paths[0]))
-    print(html)
+        return _help()
+    folder = Path(paths[0])
+    if Run(folder).is_run():
+        print(write_run_report(Run(folder)))
+    elif (folder / COMPARE[1]).exists():
+        print(rewrite_report(folder))
+    else:
+        raise AtuError(f"{folder} is neither a run folder (run.json, config.yaml) nor a compare folder (compare.csv); "
+                       "pass a folder atu unlearn or atu compare wrote")
     return 0
 
 
-def _eval(rest) -> int:
-    from pathlib import Path
-
-    from .config import load_config, quote
+def evaluate(rest) -> int:
+    from .config import from_run, load_config, quote
+    from .console import print_table
     from .pipeline import evaluate_only
+    from .report import utility_table
+    from .runs import Run
 
     args, overrides = _split(rest, {"--out": True})
     if args.help:
-        print(HELP)
-        return 0
-    model = run_dir = None
+        return _help()
+    run = None
     if overrides and "=" not in overrides[0]:
         model, overrides = overrides[0], overrides[1:]
-        if (Path(model) / "run.json").exists():  # a run folder: its target, its saved model (or base + intervention)
-            run_dir = Path(model)
-            run = json.loads((run_dir / "run.json").read_text())
-            overrides = [f"target={quote(run['target'])}"] + overrides
-            if (run_dir / "model").is_dir():
-                model = str(run_dir / "model")
-            else:  # GRUN / ICU leave the base model unchanged: evaluate the base with the run's additions
-                from omegaconf import OmegaConf
-                model = str(OmegaConf.load(run_dir / "config.yaml").model.name_or_path)
-        overrides = [f"model.name_or_path={quote(model)}"] + overrides
-    cfg = load_config(overrides)
-    result = evaluate_only(cfg, args.out, run_dir)
-    from .report import print_table
-
-    print_table([{"stage": Path(str(cfg.model.name_or_path)).name or "model", **result["metrics"]}])
+        if Run(model).is_run():  # a run folder: its target and settings, its model as its method rebuilds it
+            run = Run(model)
+            cfg = from_run(run, overrides)
+        else:
+            cfg = load_config([f"model.name_or_path={quote(model)}"] + overrides)
+    else:
+        cfg = load_config(overrides)
+    result = evaluate_only(cfg, args.out, run)
+    print_table([{"stage": Path(str(run.model_dir if run else cfg.model.name_or_path)).name or "model", **result["metrics"]}])
     if "utility" in result:
-        from .report import utility_table
-        print(utility_table({"score": result["utility"]}))
+        print(utility_table({"score": result["utility"]}).markdown())
     return 0
 
 
-def _targets(rest) -> int:
-    from .config import load_config
+def targets(rest) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
     from . import data as datalib
+    from .config import load_config
+    from .console import say
     from .evaluate.screen import screen
     from .models import load_lm, pick_device
-    from .files import write_json
-    from .pipeline import _progress_factory, say
+    from .runs import write_json
 
     args, overrides = _split(rest, {"--intro": False, "--out": True, "--top": True})
     if args.help:
-        print(HELP)
-        return 0
+        return _help()
     cfg = load_config(overrides)
     roots = list(cfg.data.roots)
     names = list(datalib.known_targets(roots)) if args.intro else list(datalib.target_folders(roots))
     model, tok = load_lm(cfg.model, pick_device(cfg.run.device))
     say(f"screening {len(names)} targets on {cfg.model.name_or_path}")
-    rows = screen(model, tok, names, roots, cfg.eval.batch_size, use_intro=True, progress_factory=_progress_factory())
+    rows = screen(model, tok, names, roots, cfg.eval.batch_size, use_intro=True)
     if args.out:
-        from pathlib import Path
         write_json(Path(args.out), rows)
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=f"What {cfg.model.name_or_path} knows (ROUGE-L recall ×100 on forget probes)")
     for col in ("#", "Target", "Score", "Probes", "From", "Example"):
         table.add_column(col)
@@ -179,59 +171,44 @@ def _targets(rest) -> int:
     return 0
 
 
-def _attack(rest) -> int:
-    from pathlib import Path
-
-    from omegaconf import OmegaConf
-
-    from .attacks import default_attacks, markdown, run_attacks
-    from .config import load_config, quote
-    from .pipeline import say
+def attack(rest) -> int:
+    from .attacks import default_attacks, run_attacks
+    from .config import from_run
+    from .console import say
+    from .report import attack_table
+    from .runs import Run
 
     args, overrides = _split(rest, {"--attacks": True})
     if args.help or not overrides or "=" in overrides[0]:
-        print(HELP)
         if not args.help:
             raise AtuError("atu attack needs a finished run folder: atu attack runs/<run> [--attacks quant4,relearn]")
-        return 0
-    run_dir, overrides = Path(overrides[0]), overrides[1:]
-    if not (run_dir / "run.json").exists() or not (run_dir / "config.yaml").exists():
-        raise AtuError(f"{run_dir} is not a run folder (no run.json/config.yaml); pass the folder atu unlearn wrote")
-    saved = OmegaConf.load(run_dir / "config.yaml")
-    # the run's model, encoder, data roots and evaluation settings; the command line may change eval/run settings
-    cfg = load_config([f"model.{k}={quote(v) if isinstance(v, str) else v}" for k, v in saved.model.items() if v is not None]
-                      + [f"target={quote(saved.target)}", f"data.roots=[{','.join(quote(r) for r in saved.data.roots)}]"]
-                      + overrides)
-    names = [a.strip() for a in args.attacks.split(",") if a.strip()] if args.attacks else default_attacks()
-    rows = run_attacks(run_dir, names, cfg, say)
-    print(markdown(rows))
-    say(f"robustness table: {run_dir / 'attacks' / 'attacks.md'}")
+        return _help()
+    run = Run(overrides[0]).require()
+    cfg = from_run(run, overrides[1:])  # the run's model, data and evaluation; the command line may change them
+    rows = run_attacks(run, _names(args.attacks) or default_attacks(), cfg)
+    print(attack_table(rows).markdown())
+    say(f"robustness table: {run / 'attacks' / 'attacks.md'}")
     return 0
 
 
-def _compare(rest) -> int:
-    import time
-    from pathlib import Path
-
-    from .compare import run_all
+def compare(rest) -> int:
+    from .compare import collect_folder, run_all
     from .config import load_config
-    from .pipeline import say
+    from .console import say
 
     args, overrides = _split(rest, {"--methods": True, "--target": "append", "--out": True, "--attacks": True,
                                     "--collect": True})
     if args.collect:  # the run folders of a sweep (atu-sweep --multirun) into one table and report
-        from .compare import collect_folder
         out = Path(args.out or args.collect)
         collect_folder(Path(args.collect), out)
         say(f"table: {out / 'compare.md'}; report: {out / 'report.html'}")
         print((out / "compare.md").read_text())
         return 0
     if args.help or not args.methods:
-        print(HELP)
         if not args.help:
             raise AtuError("atu compare needs --methods, e.g. --methods atu,ga,gd,npo,simnpo,dpo,rt,icu,rmu,grun")
-        return 0
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        return _help()
+    methods = _names(args.methods)
     per_method: dict[str, list[str]] = {}
     shared = []
     for o in overrides:
@@ -244,16 +221,37 @@ def _compare(rest) -> int:
             shared.append(o)
     targets = args.target or [str(load_config(shared).target)]
     out = Path(args.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}")
-    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()] if args.attacks else None
-    if attacks:
-        from .attacks import ATTACKS
-        bad = [a for a in attacks if a not in ATTACKS]
-        if bad:
-            raise AtuError(f"unknown attack {bad[0]!r}; known: {', '.join(ATTACKS)}")
-    run_all(methods, targets, out, shared, per_method, say, attacks)
+    run_all(methods, targets, out, shared, per_method, _names(args.attacks))
     say(f"table: {out / 'compare.md'}; plot: {out / 'tradeoff.png'}")
     print((out / "compare.md").read_text())
     return 0
+
+
+def settings(rest) -> int:
+    from .config import SECTIONS, load_config
+    from .methods import get_method
+    from .settings import describe
+
+    args, overrides = _split(rest, {})
+    if args.help:
+        return _help()
+    cfg = load_config(overrides)
+    schemas = dict(SECTIONS) | {"method": get_method(cfg.method.name).Config}
+    for section, schema in schemas.items():
+        print(f"{section}:" + (f"  ({cfg.method.name})" if section == "method" else ""))
+        for name, default, text in describe(schema):
+            print(f"  {section}.{name} = {cfg[section][name]!r}" + (f"   # {text}" if text else "")
+                  + (f" (default {default!r})" if cfg[section][name] != default and name != "name" else ""))
+    return 0
+
+
+def _help() -> int:
+    print(HELP)
+    return 0
+
+
+COMMANDS = {"unlearn": unlearn, "eval": evaluate, "targets": targets, "compare": compare, "attack": attack,
+            "report": report, "settings": settings}
 
 
 if __name__ == "__main__":

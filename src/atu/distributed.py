@@ -22,13 +22,15 @@ import functools
 import os
 
 import torch
+from accelerate import PartialState
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 
 @functools.cache
 def state(cpu: bool = False):
     """accelerate's process state; sets up the process group when launched with several processes."""
-    from accelerate import PartialState
-
     return PartialState(cpu=cpu or not torch.cuda.is_available())
 
 
@@ -90,17 +92,12 @@ def fsdp_requested() -> bool:
     return os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true", "yes") and world_size() > 1
 
 
-def shard_blocks(model, device: torch.device) -> None:
+def shard_blocks(blocks, device: torch.device) -> None:
     """FSDP2 over the decoder blocks (see the module docstring). Moves the blocks' shards to `device`."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
-
-    from .models import decoder_layers
-
     mesh = init_device_mesh(device.type, (world_size(),))
     offload = CPUOffloadPolicy() if os.environ.get("FSDP_OFFLOAD_PARAMS", "").lower() == "true" else OffloadPolicy()
     reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() != "false"
-    for block in decoder_layers(model):
+    for block in blocks:
         fully_shard(block, mesh=mesh, reshard_after_forward=reshard, offload_policy=offload)
         block.set_gradient_divide_factor(1.0)  # a sum, as sum_gradients does: losses divide by the global count
         block.set_force_sum_reduction_for_comms(True)  # plain SUM collectives (gloo has no pre-multiplied sum)
@@ -113,8 +110,6 @@ def is_sharded(model) -> bool:
 
 
 def _sharded(t) -> bool:
-    from torch.distributed.tensor import DTensor
-
     return isinstance(t, DTensor)
 
 
@@ -136,8 +131,6 @@ def place_like(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A whole tensor laid out as `like` is: this process's shard when `like` is sharded, else the tensor on its device."""
     if not _sharded(like):
         return value.to(like.device)
-    from torch.distributed.tensor import distribute_tensor
-
     return distribute_tensor(value.to(like.device_mesh.device_type), like.device_mesh, like.placements)
 
 

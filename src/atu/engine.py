@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -13,7 +12,9 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .distributed import clip_gradients, is_main, optimizer_state_like, sum_gradients, sum_numbers, sum_over_processes
+from .checkpoint import set_rng_state
+from .console import progress
+from .distributed import clip_gradients, optimizer_state_like, sum_gradients, sum_numbers, sum_over_processes
 from .errors import AtuError
 
 
@@ -63,10 +64,6 @@ def run_stages(stages: list[Stage], modules: list[nn.Module], on_stage_end: Call
     A checkpoint is due after every stage (after its evaluation) and every `every` steps inside a stage. With
     `resume`, stages before resume.stage are skipped (their effect is in the restored parameters and method state);
     a stage resumed mid-way re-runs its setup for its side effects but keeps the logged info of its first start."""
-    from tqdm.auto import tqdm
-
-    from .checkpoint import set_rng_state
-
     everything = [p for m in modules for p in m.parameters()]
     trained: set[int] = set()  # what a checkpoint must keep: parameters no stage trained equal the loaded model's
     offsets = [sum(s.steps for s in stages[:i]) for i in range(len(stages))]  # global step of each stage's first step
@@ -100,9 +97,8 @@ def run_stages(stages: list[Stage], modules: list[nn.Module], on_stage_end: Call
             log({"event": "stage_start", "stage": stage.name, "kind": stage.kind, "index": index, "steps": stage.steps,
                  **info})
         started, last = time.time(), {}
-        bar = tqdm(range(first, stage.steps), desc=f"{stage.name:>10}", disable=not sys.stderr.isatty() or not is_main(), leave=False,
-                   initial=first, total=stage.steps)
-        for step in bar:
+        bar = progress(stage.steps, stage.name, initial=first)
+        for step in range(first, stage.steps):
             with autocast():
                 loss, numbers = stage.loss(step)
             value = float(sum_over_processes(loss.detach()))  # with several processes: each holds a share
@@ -119,11 +115,13 @@ def run_stages(stages: list[Stage], modules: list[nn.Module], on_stage_end: Call
                     clip_gradients(params, stage.grad_clip)
                 optimizer.step()
             last = numbers
+            bar.update(1)
             if step % log_every == 0 or step == stage.steps - 1:
                 bar.set_postfix({k: f"{v:.4f}" for k, v in numbers.items()})
                 log({"event": "step", "stage": stage.name, "step": step, "global_step": offsets[index] + step, **numbers})
             if checkpoint and every and (step + 1) % every == 0 and step + 1 < stage.steps:
                 checkpoint({"stage": index, "step": step + 1, "info": info}, optimizer, trained)
+        bar.close()
         for p in everything:
             p.requires_grad_(False)
         for m in modules:

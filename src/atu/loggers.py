@@ -3,18 +3,18 @@
 applies)."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import importlib.util
+
+from omegaconf import OmegaConf
 
 from .errors import AtuError
+from .runs import Run
 
 LOGGERS = ("tensorboard", "wandb")
 
 
 def check_loggers(names) -> None:
     """Before the run starts: every logger is known and its package importable."""
-    import importlib.util
-
     for name in names:
         if name not in LOGGERS:
             raise AtuError(f"run.loggers has {name!r}; known loggers: {', '.join(LOGGERS)} (metrics.jsonl is always written)")
@@ -23,29 +23,25 @@ def check_loggers(names) -> None:
 
 
 class MetricsLog:
-    """Append-only JSONL of every record, mirrored as scalars to the opted-in loggers.
+    """The run's metrics.jsonl (append-only), mirrored as scalars to the opted-in loggers.
 
     `size` is the byte length of metrics.jsonl; a checkpoint stores it and a resumed run truncates the file to it, so
     records written after the checkpoint (and repeated on resume) appear once."""
 
-    def __init__(self, out: Path, loggers, cfg, run_info: dict, resume_bytes: int | None = None, resume_step: int = 0):
-        path = out / "metrics.jsonl"
-        if resume_bytes is not None:
-            with path.open("r+b") as f:
-                f.truncate(resume_bytes)
-        self.file = path.open("a")
+    def __init__(self, run: Run, loggers, cfg, run_info: dict, resume_bytes: int | None = None, resume_step: int = 0):
+        out = run.path
+        self.file = run.metrics_log(resume_bytes)
         self.global_step = resume_step
         self.tensorboard = self.wandb = None
         if "tensorboard" in loggers:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # optional: only when run.loggers names it
 
             # purge_step drops events a killed run wrote after its last checkpoint
             self.tensorboard = SummaryWriter(str(out / "tensorboard"), purge_step=resume_step if resume_bytes else None)
         if "wandb" in loggers:
             import secrets
 
-            import wandb
-            from omegaconf import OmegaConf
+            import wandb  # optional: only when run.loggers names it
 
             run_info.setdefault("wandb_id", secrets.token_hex(4))  # kept in run.json: a resumed run logs to the same run
             self.wandb = wandb.init(project=cfg.run.wandb_project, mode=cfg.run.wandb_mode, dir=str(out), name=out.name,
@@ -55,12 +51,10 @@ class MetricsLog:
 
     @property
     def size(self) -> int:
-        self.file.flush()
-        return self.file.tell()
+        return self.file.size
 
     def __call__(self, record: dict) -> None:
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        self.file.append(record)
         if record.get("event") == "step":
             self.global_step = record["global_step"]
             prefix = record["stage"] + "/"

@@ -7,6 +7,7 @@ model.local_files_only=false). A local path never touches the hub.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import sys
@@ -14,12 +15,15 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, Gemma3TextConfig
+from transformers.utils import logging as hf_logging
 
+from . import runs
 from .errors import AtuError
 
 EMBEDDED_LM = "embedded:gemma3-270m"
 EMBEDDED_ENCODER = "embedded:all-minilm-l6-v2"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
 def cache_dir() -> Path:
@@ -41,7 +45,6 @@ def load_lm(model_cfg, device: torch.device | str = "cpu", quantize: str | None 
     """Return (model, tokenizer) in eval mode on `device`, tokenizer left-padded with a pad token. `quantize`
     ("int8" | "nf4") loads the weights through bitsandbytes (the quantization attack; CPU or CUDA)."""
     if not sys.stderr.isatty():  # logs and CI: no per-tensor "Loading weights" bars
-        from transformers.utils import logging as hf_logging
         hf_logging.disable_progress_bar()
     name = str(model_cfg.name_or_path)
     dtype = DTYPES.get(model_cfg.dtype)
@@ -70,15 +73,19 @@ def load_lm(model_cfg, device: torch.device | str = "cpu", quantize: str | None 
     return (model if quantize else model.to(device)).eval(), tok  # bitsandbytes places the weights itself
 
 
+def has_bitsandbytes() -> bool:
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
+def require_bitsandbytes(what: str) -> None:
+    if not has_bitsandbytes():
+        raise AtuError(f"{what} needs the bitsandbytes package; pip install 'atu[quant]' (or use the round-to-nearest "
+                       "attacks quant8/quant4, which need nothing)")
+
+
 def bnb_settings(kind: str, device) -> dict:
     """from_pretrained arguments for bitsandbytes LLM.int8() or NF4 (QLoRA's 4-bit NormalFloat) weights on `device`."""
-    import importlib.util
-
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise AtuError(f"{kind} quantization needs the bitsandbytes package; pip install 'atu[quant]' (or use the "
-                       "round-to-nearest attacks quant8/quant4, which need nothing)")
-    from transformers import BitsAndBytesConfig
-
+    require_bitsandbytes(f"{kind} quantization")
     device = torch.device(device)
     if kind == "int8":
         config = BitsAndBytesConfig(load_in_8bit=True)
@@ -97,8 +104,6 @@ def prepare_tokenizer(tok) -> None:
 
 
 def _from_dir(path, dtype, trust_remote_code, local_files_only, revision=None, **load_kw):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     config = Path(path) / "config.json"
     if not trust_remote_code and config.is_file() and "auto_map" in json.loads(config.read_text() or "{}"):
         raise AtuError(f"model {path} ships its own Python code (auto_map in config.json), which atu runs only when "
@@ -133,8 +138,6 @@ def gguf_to_safetensors(gguf: Path) -> Path:
     transformers marks GGUF-loaded models as quantized and refuses save_pretrained, so we rebuild a plain model from
     the config (without quantization_config) and load the dequantized weights into it.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     gguf = Path(gguf).expanduser()
     if not gguf.is_file():
         raise AtuError(f"GGUF file {gguf} does not exist; pass the path to an existing .gguf file")
@@ -154,24 +157,17 @@ def gguf_to_safetensors(gguf: Path) -> Path:
     cfg.pop("quantization_config", None)
     plain = AutoModelForCausalLM.from_config(type(quantized.config).from_dict(cfg), dtype=torch.float32)
     plain.load_state_dict(quantized.state_dict(), strict=True)
-    tmp = out.with_name(out.name + ".tmp")
-    plain.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    tmp.rename(out)  # atomic: a killed conversion never leaves a half-written cache
+    runs.save_model(plain, tok, out)  # atomic: a killed conversion never leaves a half-written cache
     return out
 
 
 def gemma_tokenizer():
     """The embedded model's real tokenizer (262k vocabulary), cached as tokenizer.json; tiny test models use it too."""
-    from transformers import AutoTokenizer
-
     return AutoTokenizer.from_pretrained(embedded_lm_dir())
 
 
 def tiny_lm(seed: int = 0, layers: int = 4, hidden: int = 64, vocab: int = 262144):
     """A random Gemma-3-shaped model small enough for unit tests (seconds on a CPU)."""
-    from transformers import AutoModelForCausalLM, Gemma3TextConfig
-
     torch.manual_seed(seed)
     cfg = Gemma3TextConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
                            num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=1024,
@@ -193,32 +189,14 @@ def num_layers(model) -> int:
     return len(decoder_layers(model))
 
 
-def save_model(model, tokenizer, path: Path, state_dict: dict | None = None) -> None:
-    """Save as a plain Hugging Face directory (safetensors) that AutoModelForCausalLM.from_pretrained loads; with
-    `state_dict`, those weights (an FSDP model's, gathered). Written beside and renamed into place, so a failed save
-    (disk full) never leaves a half-written model/."""
-    import shutil
-
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
-        config = json.loads((tmp / "config.json").read_text())
-        # FSDP2 renames the class it wraps (FSDPGemma3ForCausalLM); the saved config names the model's own class
-        config["architectures"] = [a.removeprefix("FSDP") for a in config.get("architectures") or []]
-        (tmp / "config.json").write_text(json.dumps(config, indent=2))
-        tokenizer.save_pretrained(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)
+def max_context(model) -> int | None:
+    return getattr(model.config.get_text_config(), "max_position_embeddings", None)
 
 
 # ---------------------------------------------------------------- sentence encoder
 
 def load_encoder(encoder_cfg, device: torch.device | str = "cpu"):
-    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import SentenceTransformer  # loads its own heavy stack; only methods with an encoder
 
     name = str(encoder_cfg.name_or_path)
     if name == EMBEDDED_ENCODER:

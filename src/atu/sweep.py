@@ -9,32 +9,32 @@ work as in any Hydra project:
 differs only in launching. A failed job prints its one-line error and the sweep goes on with the others."""
 from __future__ import annotations
 
+import os
 import sys
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from .config import _register
+from .config import _register, check
 from .errors import AtuError
+from .methods import method_config
+from .pipeline import resumable, resume_config, unlearn
+from .runs import Run
 
 _register()
 
 
 @hydra.main(config_path="config", config_name="sweep", version_base=None)
 def job(cfg: DictConfig) -> int:
-    from pathlib import Path
-
-    from .methods import method_config
-    from .pipeline import resumable, resume_config, run_status, unlearn
-
     try:
         cfg.method = method_config(cfg.method)
         OmegaConf.resolve(cfg)  # the run folder name comes from hydra: interpolations, resolved inside the job
-        out = Path(cfg.run.output_dir)
-        if run_status(out) == "done":  # a re-launched sweep keeps finished jobs
-            print(f"[atu] {out} is already done; kept", file=sys.stderr)
-        elif resumable(out, cfg):  # requeued after a time-out or preemption: continue
-            unlearn(resume_config(out, []), resume=True)
+        check(cfg)
+        run = Run(cfg.run.output_dir)
+        if run.status() == "done":  # a re-launched sweep keeps finished jobs
+            print(f"[atu] {run} is already done; kept", file=sys.stderr)
+        elif resumable(run, cfg):  # requeued after a time-out or preemption: continue
+            unlearn(resume_config(run.path, []), resume=True)
         else:
             unlearn(cfg)
     except AtuError as e:
@@ -44,8 +44,6 @@ def job(cfg: DictConfig) -> int:
 
 
 def main() -> None:
-    import os
-
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     job()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 
 from ..data import Probe
+from . import register
+from .base import Attack, AttackContext, row
 
 
 def with_context(probes: list[Probe], n_facts: int = 3, seed: int = 0) -> list[Probe]:
@@ -18,3 +20,12 @@ def with_context(probes: list[Probe], n_facts: int = 3, seed: int = 0) -> list[P
         out.append(Probe(query=f"{context}Question: {p.query}", answer=p.answer, level=p.level,
                          type="incontext learning", subject=p.subject))
     return out
+
+
+@register("incontext")
+class InContext(Attack):
+    def run(self, ctx: AttackContext) -> list[dict]:
+        probes = with_context(ctx.target.probes.get("forget_qa", []), seed=ctx.cfg.run.seed)
+        scores = ctx.score(ctx.model, {"forget_qa": probes})
+        return [row(self.name, "forget_qa", ctx.before.get("forget_qa"), ctx.after.get("forget_qa"),
+                    scores.get("forget_qa"), "3 true QA facts in the prompt")]

@@ -9,7 +9,12 @@ import re
 
 import torch
 
+from .. import data as datalib
+from ..methods import get_method
 from ..methods.common import hidden_at
+from ..models import decoder_layers
+from . import register
+from .base import Attack, AttackContext, row
 
 
 def sentences(texts: list[str], min_words: int = 6) -> list[str]:
@@ -66,3 +71,21 @@ def probe_accuracy(model, tokenizer, layer: int, target_texts: list[str], other_
     tx = pooled_states(model, tokenizer, [s for s, _ in train], layer)
     vx = pooled_states(model, tokenizer, [s for s, _ in test], layer)
     return fit_and_score(tx, torch.tensor([y for _, y in train]), vx, torch.tensor([y for _, y in test]))
+
+
+@register("probe")
+class Probe(Attack):
+    def run(self, ctx: AttackContext) -> list[dict]:
+        roots, seed = list(ctx.cfg.data.roots), ctx.cfg.run.seed
+        others = [t for o in datalib.other_targets(ctx.target.name, 3, roots, seed) for t in o.forget_corpus[:40]]
+        layer = self.layer(ctx)
+        before = probe_accuracy(ctx.original(), ctx.tokenizer, layer, ctx.target.forget_corpus, others, seed)
+        after = probe_accuracy(ctx.model, ctx.tokenizer, layer, ctx.target.forget_corpus, others, seed)
+        return [row(self.name, "probe_accuracy", 100 * before, 100 * after, 100 * after,
+                    f"layer {layer}; target sentences vs other people's, held-out; 50 = chance")]
+
+    @staticmethod
+    def layer(ctx: AttackContext) -> int:
+        """The layer the run's method worked on (ATU's hook layer), else round(0.9 × layers)."""
+        layer = get_method(ctx.cfg.method.name).representation_layer(ctx.run)
+        return layer or max(1, round(0.9 * len(decoder_layers(ctx.model))))

@@ -2,12 +2,16 @@
 the other half. Knowledge that was only hidden comes back from a handful of related examples."""
 from __future__ import annotations
 
+import copy
 import random
 
 import torch
 
+from ..errors import AtuError
 from ..evaluate.rwku import build_prompt
 from ..methods.common import mean_nll, prompt_answer_sequences
+from . import register
+from .base import Attack, AttackContext, mean_score, row
 
 
 def split_probes(probes: list, seed: int) -> tuple[list, list]:
@@ -36,3 +40,19 @@ def relearn(model, tokenizer, train_probes: list, steps: int = 10, lr: float = 1
         losses.append(loss.item())
     model.eval()
     return losses
+
+
+@register("relearn")
+class Relearn(Attack):
+    def run(self, ctx: AttackContext) -> list[dict]:
+        train, held = split_probes(ctx.target.probes.get("forget_qa", []), ctx.cfg.run.seed)
+        if not held:
+            raise AtuError(f"{ctx.target.name} has no forget QA probes to relearn from")
+        attacked = copy.deepcopy(ctx.model)
+        losses = relearn(attacked, ctx.tokenizer, train, seed=ctx.cfg.run.seed)
+        scores = ctx.score(attacked, {"forget_qa": held})
+        held_q = {p.query for p in held}
+        pick = lambda r: r["set"] == "forget_qa" and r["query"] in held_q
+        note = f"held-out half; {len(train)} QA pairs, {len(losses)} steps, loss {losses[0]:.2f}→{losses[-1]:.2f}"
+        return [row(self.name, "forget_qa", mean_score(ctx.predictions_before, pick),
+                    mean_score(ctx.predictions_after, pick), scores.get("forget_qa"), note)]

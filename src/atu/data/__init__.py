@@ -8,26 +8,18 @@ For each file name the first root that has it wins, so official files are never 
 from __future__ import annotations
 
 import json
+import random
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from .. import metrics
 from ..errors import AtuError, did_you_mean
 
 SHIPPED = Path(__file__).parent / "rwku"
 SHIPPED_ROOTS = (SHIPPED / "official", SHIPPED / "atu")
 
-# probe set name -> file name; the evaluation scores each set separately
-PROBE_FILES = {
-    "forget_fb": "forget_level1.json",
-    "forget_qa": "forget_level2.json",
-    "forget_aa": "forget_level3.json",
-    "neighbor_fb": "neighbor_level1.json",
-    "neighbor_qa": "neighbor_level2.json",
-    "rephrase": "rephrase.json",
-    "multihop": "multihop.json",
-}
 FORGET_CORPUS_FILES = ("positive_phi.json", "positive.json")  # Align-then-Unlearn trains on the Phi-3 corpus when present
 
 
@@ -171,7 +163,7 @@ def load_target(name: str, extra_roots=(), allow_new: bool = False, max_probes: 
     name = resolve_name(name, extra_roots, allow_new)
     folders = target_folders(extra_roots).get(name, [])
     target = Target(name=name, intro=intros().get(name), folders=folders)
-    for key, fname in PROBE_FILES.items():
+    for key, fname in ((m.key, m.probe_file) for m in metrics.probe_sets()):
         path = target.file(fname)
         if path is not None:
             items = load_json_list(path)
@@ -185,3 +177,13 @@ def load_target(name: str, extra_roots=(), allow_new: bool = False, max_probes: 
             target.forget_corpus, target.forget_corpus_source = load_texts(path), str(path)
             break
     return target
+
+
+def other_targets(target: str, n: int, roots, seed: int) -> list[Target]:
+    """Targets with a forget corpus, other than `target`, chosen by seed from the sorted list (not file order)."""
+    if n == 0:
+        return []
+    names = sorted(name for name in target_folders(roots) if name != target)
+    loaded = [t for t in (load_target(name, roots) for name in names) if t.forget_corpus]
+    random.Random(seed).shuffle(loaded)
+    return loaded[:n]

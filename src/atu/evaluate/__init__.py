@@ -1,1 +1,2 @@
-from .rwku import build_prompt, evaluate_target, generate, rouge_recall, summarize  # noqa: F401
+from .generation import generate, generate_corpus  # noqa: F401
+from .rwku import build_prompt, evaluate_target, rouge_recall, summarize  # noqa: F401

@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 
 from .. import data as datalib
-from .rwku import FORGET_SETS, evaluate_target
+from .. import metrics
+from .rwku import evaluate_target
 
 
 def intro_probes(name: str, intro: str) -> list[datalib.Probe]:
@@ -23,12 +24,11 @@ def intro_probes(name: str, intro: str) -> list[datalib.Probe]:
             datalib.Probe(f"{described} Who is this person?", name, "2", "reverse query", name)]
 
 
-def screen(model, tokenizer, names: list[str], roots=(), batch_size: int = 16, use_intro: bool = True,
-           progress_factory=None) -> list[dict]:
+def screen(model, tokenizer, names: list[str], roots=(), batch_size: int = 16, use_intro: bool = True) -> list[dict]:
     probes, source = {}, {}
     for name in names:
         target = datalib.load_target(name, roots)
-        forget = {k: v for k, v in target.probes.items() if k in FORGET_SETS}
+        forget = {k: v for k, v in target.probes.items() if k in metrics.FORGET}
         if forget:
             for key, items in forget.items():
                 probes[(name, key)] = items
@@ -39,7 +39,7 @@ def screen(model, tokenizer, names: list[str], roots=(), batch_size: int = 16, u
                 probes[(name, "intro")] = items
                 source[name] = "intro"
     keyed = {f"{n}\t{k}": v for (n, k), v in probes.items()}
-    _, records = evaluate_target(model, tokenizer, keyed, batch_size, 30, progress_factory=progress_factory)
+    _, records = evaluate_target(model, tokenizer, keyed, batch_size, 30)
     rows: dict[str, dict] = {}
     for r in records:
         name = r["set"].split("\t")[0]

@@ -1,32 +1,33 @@
-"""Unlearning methods, registered by name. A method turns a run context into a list of training stages
-(loss + parameters + data); the engine runs them and knows no method by name.
+"""Unlearning methods, registered by name. Each is a `Method` (see `base.py`: the contract, with defaults) in one file
+that registers itself; `_load_all` imports those files, one line each. Adding a method: docs/contributing.md."""
 
-What the pipeline asks of a method class: `Config` (a dataclass), `needs_encoder`, `validate(cfg)`,
-`check_model(cfg, model)`; of an instance built from (cfg, RunContext): `prepare(progress)`, `stages()`, `modules()`
-(everything that may train), `trainable_parameters()`, `training_data` (what it trained on, for run.json),
-`system_prompt` (text put before every probe, or None), `model_to_save()` (None: the base model is unchanged),
-`save(run_folder)` for its own files, and `state_dict()`/`load_state_dict()`: what a checkpoint keeps besides the
-parameters (see `common.Resumable`)."""
 from __future__ import annotations
 
 from dataclasses import fields
 
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from .. import settings
 from ..errors import AtuError, did_you_mean
+from ..runs import Run
+from .base import Method, RunContext
 
-REGISTRY: dict[str, type] = {}
+__all__ = ["Method", "RunContext", "REGISTRY", "register", "get_method", "method_config", "schemas", "rebuild"]
+
+REGISTRY: dict[str, type[Method]] = {}
 
 
 def register(name: str):
     def wrap(cls):
         REGISTRY[name] = cls
         return cls
+
     return wrap
 
 
 def _load_all() -> None:
-    from . import atu, grun, icu, rmu, token  # noqa: F401  (each registers itself)
+    from . import atu, grun, icu, rmu, token  # noqa: F401  (each registers itself; importing them needs the registry)
 
 
 def schemas() -> dict[str, type]:
@@ -35,7 +36,7 @@ def schemas() -> dict[str, type]:
     return {cls.Config.__name__.removesuffix("Config").lower() + "_schema": cls.Config for cls in REGISTRY.values()}
 
 
-def get_method(name: str):
+def get_method(name: str) -> type[Method]:
     _load_all()
     if name not in REGISTRY:
         raise AtuError(f"unknown method {name!r}.{did_you_mean(name, REGISTRY)} Known: {', '.join(sorted(REGISTRY))}")
@@ -43,9 +44,7 @@ def get_method(name: str):
 
 
 def method_config(node):
-    """Validate cfg.method against the method's own dataclass: wrong keys or types fail here, with a clear message."""
-    from omegaconf.errors import OmegaConfBaseException
-
+    """Validate cfg.method against the method's own dataclass: wrong keys, types or ranges fail here, in one line."""
     name = node.get("name") if node is not None else None
     if not name:
         raise AtuError("no method chosen; pass method=atu (or another registered method)")
@@ -56,5 +55,11 @@ def method_config(node):
         key = getattr(e, "key", None) or str(e).splitlines()[0]
         valid = [f.name for f in fields(cls.Config)]
         raise AtuError(f"bad method setting {key!r} for {name}: {str(e).splitlines()[0]}.{did_you_mean(str(key), valid)}") from None
+    settings.check("method", cls.Config, merged)
     cls.validate(merged)
     return merged
+
+
+def rebuild(run: Run, load):
+    """The model a finished run produced, put together by its method: (model, tokenizer, system prompt)."""
+    return get_method(str(run.config().method.name)).rebuild(run, load)

@@ -14,7 +14,7 @@ to the original model's (cheap: those states are the alignment cache computed be
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -25,39 +25,47 @@ from ..engine import Stage
 from ..errors import AtuError
 from ..head import EmbeddingHead
 from ..models import decoder_layers
+from ..runs import Run
+from ..settings import setting
 from . import register
-from .common import (OPTIMIZERS, LoraSettings, Resumable, add_lora, cache_states, hidden_at, lora_params, masked_mean, merged,
-                     pick_layer, relative_drift, save_adapter)
+from .base import Method
+from .common import OPTIMIZERS, LoraSettings, add_lora, cache_states, hidden_at, lora_params, pick_layer
+from .losses import masked_mean, relative_drift, upcast
+
+HEAD_FILES = ("head.safetensors", "head.json")  # the head's weights; its shape, hook layer and thresholds
 
 
 @dataclass
 class ATUConfig(LoraSettings):  # lora: true trains peft adapters in blocks 1..L instead of the weights
     name: str = "atu"
-    # Residual stream after block L (Hugging Face hidden_states[L]); None -> round(0.9 * layers) (paper: 29 of 32).
-    hook_layer: Optional[int] = None
-    window_tokens: int = 8  # k, counted in encoder tokens (paper: 8)
-    # The head (paper: width 768, 6 causal layers, 8 heads, dropout 0.1).
-    head_width: int = 768
-    head_layers: int = 6
-    head_heads: int = 8
-    head_dropout: float = 0.1
-    # Alignment: only the head trains (paper: Adam, lr 1e-4, 15,000 steps, then 1,000 between stages).
-    align_steps: int = 15000
-    realign_steps: int = 1000
-    align_lr: float = 1e-4
-    align_batch_size: int = 16
-    # Unlearning: only the LLM trains (paper: SGD, lr 3e-4, 1,000 steps per τ, all parameters).
-    taus: list[float] = field(default_factory=lambda: [0.9, 0.8, 0.75, 0.7, 0.65, 0.6, 0.5, 0.4, 0.3, 0.2])
+    hook_layer: Optional[int] = setting(
+        None, "L: the residual stream after block L (hidden_states[L]); None: round(0.9 × layers) (paper: 29 of 32)",
+        at_least=1)
+    window_tokens: int = setting(8, "k, counted in encoder tokens (paper: 8)", at_least=1)
+    head_width: int = setting(768, "the head's width (paper: 768)", at_least=1)
+    head_layers: int = setting(6, "the head's causal transformer layers (paper: 6)", at_least=1)
+    head_heads: int = setting(8, "attention heads per head layer (paper: 8)", at_least=1)
+    head_dropout: float = setting(0.1, "dropout in the head (paper: 0.1)", at_least=0, at_most=1)
+    align_steps: int = setting(15000, "first alignment: head-only Adam steps (paper: 15,000)", at_least=0)
+    realign_steps: int = setting(1000, "re-alignment between unlearning stages (paper: 1,000)", at_least=0)
+    align_lr: float = setting(1e-4, "the head's Adam learning rate (paper: 1e-4)", above=0)
+    align_batch_size: int = setting(16, "sequences per alignment step (paper: 16)", at_least=1)
+    taus: list[float] = setting([0.9, 0.8, 0.75, 0.7, 0.65, 0.6, 0.5, 0.4, 0.3, 0.2],
+                                "the hinge thresholds, one unlearning stage each, not increasing (paper's schedule)",
+                                at_least=-1.0, at_most=1.0, each=True)
     # absolute: τ as given. quantile: τ_i = the taus[i]-quantile of cos(ê_t, e_unlearn) on the forget corpus, measured
     # once after the first alignment (the paper's MPNet numbers do not transfer to other encoders).
-    tau_mode: str = "absolute"
-    unlearn_steps: int = 1000
-    unlearn_lr: float = 3e-4
-    unlearn_optimizer: str = "sgd"  # sgd | adam | adamw
-    unlearn_batch_size: int = 16
-    unlearn_params: str = "all"  # all | below_hook (blocks 1..L only; embeddings frozen); ignored with lora
-    retain_weight: float = 0.0  # weight of the hook-state retain term on other targets' text (0 = paper)
-    grad_clip: float = 1.0
+    tau_mode: str = setting("absolute", "how taus are read: cosine values, or quantiles of the forget corpus' similarity",
+                            choices=("absolute", "quantile"))
+    unlearn_steps: int = setting(1000, "LLM steps per unlearning stage (paper: 1,000)", at_least=0)
+    unlearn_lr: float = setting(3e-4, "the LLM's learning rate (paper: SGD 3e-4)", above=0)
+    unlearn_optimizer: str = setting("sgd", "the LLM's optimizer (paper: sgd)", choices=tuple(OPTIMIZERS))
+    unlearn_batch_size: int = setting(16, "sequences per unlearning step (paper: 16)", at_least=1)
+    unlearn_params: str = setting("all", "what unlearning trains: every LLM weight, or blocks 1..L only (not with lora)",
+                                  choices=("all", "below_hook"))
+    retain_weight: float = setting(0.0, "weight of the hook-state retain term on other targets' text (paper: 0)",
+                                   at_least=0)
+    grad_clip: float = setting(1.0, "gradient-norm clip of both the head and the LLM (0: none)", at_least=0)
 
 
 # ------------------------------------------------------------------ windows: what each position must predict
@@ -133,45 +141,31 @@ class Batchable:
 # ------------------------------------------------------------------ losses
 
 def align_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    return masked_mean(1 - F.cosine_similarity(pred.float(), target.float(), dim=-1), valid)
+    return masked_mean(1 - F.cosine_similarity(upcast(pred), upcast(target).to(upcast(pred).dtype), dim=-1), valid)
 
 
 def unlearn_loss(pred: torch.Tensor, concept: torch.Tensor, valid: torch.Tensor, tau: float) -> torch.Tensor:
-    sim = F.cosine_similarity(pred.float(), concept.float().view(1, 1, -1), dim=-1)
+    sim = F.cosine_similarity(upcast(pred), upcast(concept).to(upcast(pred).dtype).view(1, 1, -1), dim=-1)
     return masked_mean((sim - tau).clamp(min=0), valid)
 
 
 # ------------------------------------------------------------------ the method
 
 @register("atu")
-class ATU(Resumable):
+class ATU(Method):
     Config = ATUConfig
     needs_encoder = True
     data_parallel = True  # runs under `accelerate launch` with several processes (losses are masked_means)
     uses_other_targets = True  # their corpora are alignment data for the head (and the retain term's text)
-    system_prompt = None
 
     @staticmethod
     def validate(cfg) -> None:
-        for tau in cfg.taus:
-            if not -1.0 <= tau <= 1.0:
-                raise AtuError(f"method.taus has {tau}, outside [-1, 1]; cosine thresholds (or quantiles) lie in [-1, 1]")
+        if not cfg.taus:
+            raise AtuError("method.taus is empty; give at least one threshold, e.g. method.taus=[0.4,0.3]")
         if cfg.tau_mode == "quantile" and any(not 0.0 <= t <= 1.0 for t in cfg.taus):
-            raise AtuError("method.tau_mode=quantile needs every tau in [0, 1]")
-        if cfg.tau_mode not in ("absolute", "quantile"):
-            raise AtuError(f"method.tau_mode={cfg.tau_mode} is not absolute or quantile")
+            raise AtuError(f"method.taus={list(cfg.taus)} with method.tau_mode=quantile must lie in [0, 1]")
         if any(b > a for a, b in zip(cfg.taus, cfg.taus[1:])):
             raise AtuError(f"method.taus {list(cfg.taus)} must not increase: each stage lowers the threshold")
-        for key in ("align_steps", "realign_steps", "unlearn_steps", "window_tokens", "head_layers"):
-            if cfg[key] < 0 or (key in ("window_tokens", "head_layers") and cfg[key] == 0):
-                raise AtuError(f"method.{key}={cfg[key]} must be positive")
-        for key in ("align_batch_size", "unlearn_batch_size"):
-            if cfg[key] <= 0:
-                raise AtuError(f"method.{key}={cfg[key]} must be at least 1")
-        if cfg.unlearn_optimizer not in OPTIMIZERS:
-            raise AtuError(f"method.unlearn_optimizer={cfg.unlearn_optimizer} is not one of {sorted(OPTIMIZERS)}")
-        if cfg.unlearn_params not in ("all", "below_hook"):
-            raise AtuError(f"method.unlearn_params={cfg.unlearn_params} is not 'all' or 'below_hook'")
         if cfg.head_width % cfg.head_heads:
             raise AtuError(f"method.head_width={cfg.head_width} must be divisible by method.head_heads={cfg.head_heads}")
 
@@ -184,14 +178,13 @@ class ATU(Resumable):
         cls.hook_layer(cfg, model)
 
     def __init__(self, cfg, ctx):
-        self.cfg, self.ctx = cfg, ctx
+        super().__init__(cfg, ctx)
         self.layer = self.hook_layer(cfg, ctx.model)
-        self.gen = torch.Generator().manual_seed(ctx.seed)
         self.training_data = {"forget": f"{len(ctx.forget_texts)} forget-corpus passages",
                               "alignment": f"forget corpus + other targets' corpora ({', '.join(ctx.other_targets) or 'none'})"}
 
     # -- data, built once per run
-    def prepare(self, progress=lambda msg: None) -> None:
+    def prepare(self, say=lambda msg: None) -> None:
         ctx, cfg = self.ctx, self.cfg
         enc = ctx.encoder
         encode = lambda texts: torch.as_tensor(enc.encode(texts, batch_size=ctx.encoder_batch_size, convert_to_numpy=True,
@@ -200,14 +193,16 @@ class ATU(Resumable):
                                        encode, ctx.tokenizer.pad_token_id, ctx.device)
         if cfg.lora:  # adapters only where the unlearning forward runs: blocks below the hook layer get gradients
             ctx.model = add_lora(ctx.model, cfg, blocks=list(range(self.layer)))
-        progress(f"encoding {cfg.window_tokens}-token windows once for the run")
+        say(f"encoding {cfg.window_tokens}-token windows once for the run")
         self.forget = make(ctx.forget_texts)
         self.retain = make(ctx.retain_texts) if ctx.retain_texts else None
         self.concept = encode([ctx.target_name])[0].to(ctx.device)
         d_model = ctx.model.config.get_text_config().hidden_size
         torch.manual_seed(ctx.seed)
+        # float32 (a bf16 head trains badly), float64 with a float64 model (the exactness tests)
+        dtype = torch.float64 if next(ctx.model.parameters()).dtype == torch.float64 else torch.float32
         self.head = EmbeddingHead(d_model, self.concept.numel(), cfg.head_width, cfg.head_layers, cfg.head_heads,
-                                  dropout=cfg.head_dropout).to(ctx.device)
+                                  dropout=cfg.head_dropout).to(ctx.device, dtype)
         self.head_opt = None  # one Adam state for the head across all alignment stages, as the reference keeps it
         self.retain_states0 = None
         self.thresholds: list[float] = []
@@ -281,7 +276,7 @@ class ATU(Resumable):
             rows = torch.arange(start, min(start + self.ctx.infer_batch_size, len(data)), device=data.ids.device)
             ids, attn, valid, _ = data.batch(rows)
             pred = self.head(hidden_at(self.ctx.model, self.layer, ids, attn))
-            sims.append(F.cosine_similarity(pred.float(), self.concept.float().view(1, 1, -1), dim=-1)[valid])
+            sims.append(F.cosine_similarity(upcast(pred), upcast(self.concept).view(1, 1, -1), dim=-1)[valid])
         return torch.cat(sims)
 
     def _unlearn_setup(self, i: int) -> dict:
@@ -335,20 +330,16 @@ class ATU(Resumable):
     def modules(self):
         return [self.ctx.model, self.head]
 
-    def trainable_parameters(self) -> int:
-        return sum(p.numel() for p in self._lm_params())
+    def params(self):
+        return self._lm_params()
 
-    def model_to_save(self):
-        return merged(self.ctx.model)
-
-    def save(self, out) -> None:
+    def save(self, run: Run) -> None:
         """The head (safetensors), its config, the hook layer and the thresholds used; with LoRA, the adapter."""
-        import json
+        super().save(run)
+        run.save_tensors(HEAD_FILES[0], self.head.state_dict())
+        run.write_json(HEAD_FILES[1], {"head_config": self.head.config, "hook_layer": self.layer,
+                                       "thresholds": self.thresholds, "window_tokens": self.cfg.window_tokens})
 
-        from safetensors.torch import save_file
-
-        save_adapter(self.ctx.model, out)
-        save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, str(out / "head.safetensors"))
-        meta = {"head_config": self.head.config, "hook_layer": self.layer, "thresholds": self.thresholds,
-                "window_tokens": self.cfg.window_tokens}
-        (out / "head.json").write_text(json.dumps(meta, indent=1))
+    @classmethod
+    def representation_layer(cls, run: Run) -> int | None:
+        return run.read_json(HEAD_FILES[1])["hook_layer"] if (run / HEAD_FILES[1]).exists() else None

@@ -2,13 +2,16 @@
 at a layer, LoRA wrapping, optimizers. One place for each, so a method file holds only its loss and what it trains."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from ..distributed import sum_over_processes
+from ..errors import AtuError
 from ..models import decoder_layers
+from ..settings import setting
+from .losses import upcast
+
 
 def _fused_on_gpu(cls):
     """The optimizer class, with torch's fused (one-kernel) implementation when every parameter is on a GPU."""
@@ -26,25 +29,10 @@ OPTIMIZERS = {"sgd": _fused_on_gpu(torch.optim.SGD), "adam": _fused_on_gpu(torch
 IGNORE = -100
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the masked positions of the whole batch: with several processes each holds a share of the rows and
-    divides by the count over all of them, so the summed gradients equal one process's (see atu/distributed.py)."""
-    mask = mask.to(values.dtype)
-    return (values * mask).sum() / sum_over_processes(mask.sum()).clamp(min=1)
-
-
-def relative_drift(h: torch.Tensor, h0: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """||h - h0||² / ||h0||² per position: scale-free, so one weight works across models."""
-    err = (h.float() - h0.float()).pow(2).sum(-1) / h0.float().pow(2).sum(-1).clamp(min=1e-6)
-    return masked_mean(err, mask)
-
-
 # ------------------------------------------------------------------ the LLM up to a layer
 
 def pick_layer(model, setting: str, value, fraction: float, lowest: int = 1) -> int:
     """A block index 1..n: `value`, or round(fraction × n) (at least `lowest`) when it is None; checked against n."""
-    from ..errors import AtuError
-
     n = len(decoder_layers(model))
     layer = value if value is not None else max(lowest, round(fraction * n))
     if not lowest <= layer <= n:
@@ -151,7 +139,7 @@ def token_logps(model, seqs: Sequences) -> tuple[torch.Tensor, torch.Tensor]:
     labels = seqs.labels[:, 1:]
     mask = labels != IGNORE
     # cross_entropy on the flat view avoids materialising a second (batch, T, vocab) log-softmax tensor
-    nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.clamp(min=0).reshape(-1), reduction="none")
+    nll = F.cross_entropy(upcast(logits).reshape(-1, logits.shape[-1]), labels.clamp(min=0).reshape(-1), reduction="none")
     return -nll.view(labels.shape) * mask, mask
 
 
@@ -174,18 +162,6 @@ def mean_nll(model, seqs: Sequences) -> torch.Tensor:
     return -logps.sum() / mask.sum().clamp(min=1)
 
 
-class Resumable:
-    """Methods draw their batches from their own generator (seeded by run.seed). Its state is what a checkpoint keeps
-    of a method besides the parameters; methods with more state across stages extend these two."""
-    gen: torch.Generator
-
-    def state_dict(self) -> dict:
-        return {"gen": self.gen.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.gen.set_state(state["gen"])
-
-
 def sample_rows(n: int, k: int, gen: torch.Generator, device) -> torch.Tensor:
     return torch.randint(n, (k,), generator=gen).to(device)
 
@@ -199,11 +175,12 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 class LoraSettings:
     """The LoRA switch every LM-training method's config carries (it inherits these fields): with `lora: true` only
     peft adapters train, and the saved model is the merged one (the adapter is kept beside it)."""
-    lora: bool = False
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    lora_targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+
+    lora: bool = setting(False, "train peft LoRA adapters instead of the weights")
+    lora_r: int = setting(8, "LoRA rank", at_least=1)
+    lora_alpha: int = setting(16, "LoRA alpha (the update is scaled by alpha / r)", above=0)
+    lora_dropout: float = setting(0.0, "dropout on the LoRA input", at_least=0, at_most=1)
+    lora_targets: list[str] = setting(list(LORA_TARGETS), "the linear layers that get adapters (those the model has)")
 
 
 def add_lora(model, cfg: LoraSettings, blocks: list[int] | None = None):
@@ -222,8 +199,6 @@ def add_lora(model, cfg: LoraSettings, blocks: list[int] | None = None):
 
 def lora_modules(cfg: LoraSettings, model) -> list[str]:
     """The names in cfg.lora_targets that this model has (checked before a run starts)."""
-    from ..errors import AtuError
-
     present = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
     chosen = [t for t in cfg.lora_targets if t in present]
     if not chosen:
@@ -239,11 +214,6 @@ def lora_params(model) -> list[torch.nn.Parameter]:
 def merged(model):
     """The model to save: a peft model's adapters merged into its weights (a plain HF model), anything else as is."""
     return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
-
-
-def save_adapter(model, out) -> None:
-    if hasattr(model, "peft_config"):
-        model.save_pretrained(out / "adapter")  # the LoRA adapter alone, beside the merged model
 
 
 def count_parameters(params) -> int:

@@ -9,9 +9,7 @@ the base model.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import torch
@@ -19,12 +17,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..engine import Stage
-from ..errors import AtuError
 from ..models import decoder_layers
+from ..runs import Run
+from ..settings import setting
 from . import register
-from .common import (OPTIMIZERS, Resumable, all_sequence_logps, count_parameters, masked_mean, mean_nll, pick_layer, sample_rows,
-                     sequence_logps, text_sequences)
-from .token import npo_loss
+from .base import Method
+from .common import OPTIMIZERS, all_sequence_logps, mean_nll, pick_layer, sample_rows, sequence_logps, text_sequences
+from .losses import masked_mean, npo_loss, upcast
+
+FILES = ("grun.safetensors", "grun.json")  # the intervention's weights and its shape and layer
 
 
 class GatedReFT(nn.Module):
@@ -39,10 +40,11 @@ class GatedReFT(nn.Module):
         self.last_gate: Optional[torch.Tensor] = None
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        g = torch.sigmoid(self.gate(h.float()))
-        delta = (self.W(h.float()) - self.R(h.float())) @ self.R.weight
+        x = upcast(h).to(self.W.weight.dtype)
+        g = torch.sigmoid(self.gate(x))
+        delta = (self.W(x) - self.R(x)) @ self.R.weight
         self.last_gate = g.squeeze(-1)
-        return (h.float() + g * delta).to(h.dtype)
+        return (x + g * delta).to(h.dtype)
 
 
 def attach(model, module: GatedReFT, layer: int):
@@ -55,13 +57,11 @@ def attach(model, module: GatedReFT, layer: int):
     return decoder_layers(model)[layer - 1].register_forward_hook(hook)
 
 
-def load_intervention(model, folder: Path):
-    """Put a saved GRUN intervention (grun.safetensors + grun.json in `folder`) back on `model`."""
-    from safetensors.torch import load_file
-
-    meta = json.loads((folder / "grun.json").read_text())
+def load_intervention(model, run: Run):
+    """Put a saved GRUN intervention (grun.safetensors + grun.json in the run folder) back on `model`."""
+    meta = run.read_json(FILES[1])
     module = GatedReFT(meta["d_model"], meta["rank"])
-    module.load_state_dict(load_file(str(folder / "grun.safetensors")))
+    module.load_state_dict(run.read_tensors(FILES[0]))
     module.to(next(model.parameters()).device).eval()
     attach(model, module, meta["layer"])
     return module
@@ -70,36 +70,26 @@ def load_intervention(model, folder: Path):
 @dataclass
 class GRUNConfig:
     name: str = "grun"
-    layer: Optional[int] = None  # None -> round(layers / 2)
-    rank: int = 4
-    # ga | npo: the loss that drives the intervention on forget text. NPO by default: with GA (unbounded) the
-    # intervention grew until every gated answer was noise on gemma-3-270m (docs/compare.md)
-    drive: str = "npo"
-    beta: float = 0.1  # NPO
-    retain_weight: float = 1.0
-    gate_weight: float = 1.0
-    steps: int = 20
-    lr: float = 2e-4  # at 2e-3 the intervention turned every gated answer into noise on gemma-3-270m (docs/compare.md)
-    optimizer: str = "adamw"
-    batch_size: int = 4
-    grad_clip: float = 1.0
+    layer: Optional[int] = setting(None, "the layer the gate reads and the intervention edits; None: round(layers / 2)",
+                                   at_least=1)
+    rank: int = setting(4, "rank of the ReFT intervention", at_least=1)
+    # NPO by default: with GA (unbounded) the intervention grew until every gated answer was noise on gemma-3-270m
+    drive: str = setting("npo", "the loss that drives the intervention on forget text", choices=("ga", "npo"))
+    beta: float = setting(0.1, "NPO inverse temperature", above=0)
+    retain_weight: float = setting(1.0, "weight of the NLL on retain text", at_least=0)
+    gate_weight: float = setting(1.0, "weight of the gate's cross-entropy (1 on forget, 0 on retain text)", at_least=0)
+    steps: int = setting(20, "training steps", at_least=0)
+    # at 2e-3 the intervention turned every gated answer into noise on gemma-3-270m (docs/compare.md)
+    lr: float = setting(2e-4, "learning rate", above=0)
+    optimizer: str = setting("adamw", "optimizer", choices=tuple(OPTIMIZERS))
+    batch_size: int = setting(4, "sequences per step (forget and retain each)", at_least=1)
+    grad_clip: float = setting(1.0, "gradient-norm clip (0: none)", at_least=0)
 
 
 @register("grun")
-class GRUN(Resumable):
+class GRUN(Method):
     Config = GRUNConfig
-    needs_encoder = False
     uses_other_targets = True  # other people's text is the gate's hardest negative: the gate must not fire on it
-    system_prompt = None
-
-    @staticmethod
-    def validate(cfg) -> None:
-        if cfg.drive not in ("ga", "npo"):
-            raise AtuError(f"method.drive={cfg.drive} is not ga or npo")
-        if cfg.rank < 1:
-            raise AtuError(f"method.rank={cfg.rank} must be at least 1")
-        if cfg.optimizer not in OPTIMIZERS:
-            raise AtuError(f"method.optimizer={cfg.optimizer} is not one of {sorted(OPTIMIZERS)}")
 
     @staticmethod
     def layer(cfg, model) -> int:
@@ -110,9 +100,8 @@ class GRUN(Resumable):
         cls.layer(cfg, model)
 
     def __init__(self, cfg, ctx):
-        self.cfg, self.ctx, self.model = cfg, ctx, ctx.model
-        self.ell = self.layer(cfg, ctx.model)
-        self.gen = torch.Generator().manual_seed(ctx.seed)
+        super().__init__(cfg, ctx)
+        self.model, self.ell = ctx.model, self.layer(cfg, ctx.model)
         torch.manual_seed(ctx.seed)
         d = ctx.model.config.get_text_config().hidden_size
         self.module = GatedReFT(d, cfg.rank).to(ctx.device)
@@ -120,7 +109,7 @@ class GRUN(Resumable):
                               "retain": f"{len(ctx.general_texts)} general retain passages (atu/data/retain) + "
                                         f"{len(ctx.retain_texts)} passages about {', '.join(ctx.other_targets) or 'no other target'}"}
 
-    def prepare(self, progress=lambda msg: None) -> None:
+    def prepare(self, say=lambda msg: None) -> None:
         ctx = self.ctx
         self.forget = text_sequences(ctx.forget_texts, ctx.tokenizer, ctx.max_length, ctx.device)
         self.retain = text_sequences(ctx.general_texts + ctx.retain_texts, ctx.tokenizer, ctx.max_length, ctx.device)
@@ -165,15 +154,15 @@ class GRUN(Resumable):
     def modules(self):
         return [self.model, self.module]
 
-    def trainable_parameters(self) -> int:
-        return count_parameters(self.params())
-
     def model_to_save(self):
         return None  # the base model is unchanged: the run folder keeps only the intervention
 
-    def save(self, out: Path) -> None:
-        from safetensors.torch import save_file
+    def save(self, run: Run) -> None:
+        run.save_tensors(FILES[0], self.module.state_dict())
+        run.write_json(FILES[1], {**self.module.config, "layer": self.ell})
 
-        state = {k: v.detach().contiguous() for k, v in self.module.state_dict().items()}
-        save_file(state, str(out / "grun.safetensors"))
-        (out / "grun.json").write_text(json.dumps({**self.module.config, "layer": self.ell}, indent=1))
+    @classmethod
+    def rebuild(cls, run: Run, load):
+        model, tok = load(None)  # the base model, with the run's intervention on it
+        load_intervention(model, run)
+        return model, tok, None

@@ -7,53 +7,47 @@ setting transfers across models (WMDP's c=6.5, α=1200 are in Zephyr-7B's activa
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
 from ..engine import Stage
-from ..errors import AtuError
 from ..models import decoder_layers
+from ..settings import setting
 from . import register
-from .common import (OPTIMIZERS, LoraSettings, Resumable, add_lora, cache_states, count_parameters, hidden_at, lora_params,
-                     masked_mean, merged, pick_layer, relative_drift, sample_rows, save_adapter, text_sequences)
+from .base import Method
+from .common import OPTIMIZERS, LoraSettings, add_lora, cache_states, hidden_at, lora_params, pick_layer, sample_rows, text_sequences
+from .losses import masked_mean, relative_drift, upcast
 
 
 @dataclass
 class RMUConfig(LoraSettings):  # lora: true puts the adapters on the MLPs of the train_blocks instead
     name: str = "rmu"
-    layer: Optional[int] = None  # None -> round(layers / 4), at least 3 (WMDP: 7 of 32)
-    train_blocks: list[int] = field(default_factory=lambda: [-2, -1, 0])  # MLPs of blocks ℓ-2..ℓ (WMDP)
-    steer: float = 4.0  # c as a multiple of the mean activation norm at ℓ
-    alpha: float = 100.0  # retain weight
-    steps: int = 40
-    lr: float = 5e-5  # WMDP; at 1e-4 (40 steps) it collapsed forget and neighbour answers alike on gemma-3-270m
-    optimizer: str = "adamw"
-    batch_size: int = 4
-    grad_clip: float = 1.0
-    lora_targets: list[str] = field(default_factory=lambda: ["gate_proj", "up_proj", "down_proj", "fc1", "fc2"])
+    layer: Optional[int] = setting(None, "ℓ, the steered layer; None: round(layers / 4), at least 3 (WMDP: 7 of 32)",
+                                   at_least=1)
+    train_blocks: list[int] = setting([-2, -1, 0], "offsets from ℓ of the blocks whose MLPs train (WMDP: ℓ-2..ℓ)",
+                                      at_most=0, each=True)
+    steer: float = setting(4.0, "c, as a multiple of the mean activation norm at ℓ", above=0)
+    alpha: float = setting(100.0, "retain weight", at_least=0)
+    steps: int = setting(40, "training steps", at_least=0)
+    # WMDP's lr; at 1e-4 (40 steps) it collapsed forget and neighbour answers alike on gemma-3-270m
+    lr: float = setting(5e-5, "learning rate", above=0)
+    optimizer: str = setting("adamw", "optimizer", choices=tuple(OPTIMIZERS))
+    batch_size: int = setting(4, "sequences per step (forget and retain each)", at_least=1)
+    grad_clip: float = setting(1.0, "gradient-norm clip (0: none)", at_least=0)
+    lora_targets: list[str] = setting(["gate_proj", "up_proj", "down_proj", "fc1", "fc2"],
+                                      "with lora: the MLP layers that get adapters")
 
 
 def rmu_forget_loss(h: torch.Tensor, control: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
     """||h - c·u||² / scale, averaged over masked positions."""
-    return masked_mean((h.float() - control.view(1, 1, -1)).pow(2).sum(-1) / scale, mask)
+    return masked_mean((upcast(h) - control.view(1, 1, -1)).pow(2).sum(-1) / scale, mask)
 
 
 @register("rmu")
-class RMU(Resumable):
+class RMU(Method):
     Config = RMUConfig
-    needs_encoder = False
-    system_prompt = None
-
-    @staticmethod
-    def validate(cfg) -> None:
-        if cfg.steer <= 0 or cfg.alpha < 0:
-            raise AtuError("method.steer must be positive and method.alpha non-negative")
-        if cfg.optimizer not in OPTIMIZERS:
-            raise AtuError(f"method.optimizer={cfg.optimizer} is not one of {sorted(OPTIMIZERS)}")
-        if any(o > 0 for o in cfg.train_blocks):
-            raise AtuError("method.train_blocks are offsets ≤ 0 from method.layer (blocks above ℓ get no gradient)")
 
     @staticmethod
     def layer(cfg, model) -> int:
@@ -65,17 +59,16 @@ class RMU(Resumable):
         cls.layer(cfg, model)
 
     def __init__(self, cfg, ctx):
-        self.cfg, self.ctx = cfg, ctx
+        super().__init__(cfg, ctx)
         self.model, self.ell = ctx.model, self.layer(cfg, ctx.model)
-        self.gen = torch.Generator().manual_seed(ctx.seed)
         self.training_data = {"forget": f"{len(ctx.forget_texts)} forget-corpus passages",
                               "retain": f"{len(ctx.general_texts)} general retain passages (atu/data/retain)"}
 
-    def prepare(self, progress=lambda msg: None) -> None:
+    def prepare(self, say=lambda msg: None) -> None:
         ctx = self.ctx
         self.forget = text_sequences(ctx.forget_texts, ctx.tokenizer, ctx.max_length, ctx.device)
         self.retain = text_sequences(ctx.general_texts, ctx.tokenizer, ctx.max_length, ctx.device)
-        progress(f"caching the frozen model's layer-{self.ell} activations on retain text")
+        say(f"caching the frozen model's layer-{self.ell} activations on retain text")
         self.retain_states0 = cache_states(self.model, self.ell, self.retain, ctx.infer_batch_size)
         forget0 = cache_states(self.model, self.ell, self.forget, ctx.infer_batch_size)
         norms = forget0.float().norm(dim=-1)[self.forget.attn]
@@ -109,15 +102,3 @@ class RMU(Resumable):
         cfg = self.cfg
         return [Stage("unlearn1", "unlearn", cfg.steps, self.params, lambda p: OPTIMIZERS[cfg.optimizer](p, lr=cfg.lr),
                       self.loss, grad_clip=cfg.grad_clip, evaluate=True)]
-
-    def modules(self):
-        return [self.model]
-
-    def trainable_parameters(self) -> int:
-        return count_parameters(self.params())
-
-    def model_to_save(self):
-        return merged(self.model)
-
-    def save(self, out) -> None:
-        save_adapter(self.model, out)

@@ -13,17 +13,20 @@ Reference log-probabilities on fixed data (forget passages, DPO pairs) are compu
 """
 from __future__ import annotations
 
+import contextlib
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..engine import Stage
 from ..errors import AtuError
+from ..settings import setting
 from . import register
-from .common import (OPTIMIZERS, LoraSettings, Resumable, Sequences, add_lora, all_sequence_logps, count_parameters,
-                     lora_params, mean_nll, merged, sample_rows, save_adapter, sequence_logps, text_sequences)
+from .base import Method
+from .common import (OPTIMIZERS, LoraSettings, Sequences, add_lora, all_sequence_logps, lora_params, mean_nll,
+                     prompt_answer_sequences, sample_rows, sequence_logps, text_sequences)
+from .losses import dpo_loss, kl_from_logits, npo_loss, simnpo_loss
 from .training_data import dpo_pairs, refusal_pairs
 
 TERMS = ("ga", "npo", "simnpo", "dpo", "rt", "retain_nll", "retain_kl")
@@ -32,70 +35,31 @@ TERMS = ("ga", "npo", "simnpo", "dpo", "rt", "retain_nll", "retain_kl")
 @dataclass
 class TokenConfig(LoraSettings):  # lora: true trains peft adapters instead of all weights
     name: str = "ga"
-    losses: list[str] = field(default_factory=lambda: ["ga"])
-    weights: list[float] = field(default_factory=lambda: [1.0])
-    beta: float = 0.1  # NPO / SimNPO / DPO inverse temperature (NPO paper: 0.1)
-    gamma: float = 0.0  # SimNPO reward margin (SimNPO paper: 0 for unlearning on TOFU)
-    dpo_chosen: str = "refusal"  # refusal | counterfactual (RWKU's pair files; only where shipped)
-    steps: int = 20
-    lr: float = 3e-6  # the unlearning lr of the ATU defaults; at 1e-5 every token method collapsed on gemma-3-270m (docs/compare.md)
-    optimizer: str = "adam"  # sgd | adam | adamw
-    batch_size: int = 4
-    grad_clip: float = 1.0
+    losses: list[str] = setting(["ga"], "named loss terms, summed with `weights`", choices=TERMS, each=True)
+    weights: list[float] = setting([1.0], "one weight per loss term")
+    beta: float = setting(0.1, "NPO / SimNPO / DPO inverse temperature (NPO paper: 0.1)", above=0)
+    gamma: float = setting(0.0, "SimNPO reward margin (SimNPO paper: 0 for unlearning on TOFU)")
+    dpo_chosen: str = setting("refusal", "what DPO prefers: a refusal, or RWKU's counterfactual (where shipped)",
+                              choices=("refusal", "counterfactual"))
+    steps: int = setting(20, "training steps", at_least=0)
+    # the unlearning lr of the ATU defaults; at 1e-5 every token method collapsed on gemma-3-270m (docs/compare.md)
+    lr: float = setting(3e-6, "learning rate", above=0)
+    optimizer: str = setting("adam", "optimizer", choices=tuple(OPTIMIZERS))
+    batch_size: int = setting(4, "sequences per step", at_least=1)
+    grad_clip: float = setting(1.0, "gradient-norm clip (0: none)", at_least=0)
 
 
-def npo_loss(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> torch.Tensor:
-    return -(2.0 / beta) * F.logsigmoid(-beta * (logp - ref_logp)).mean()
-
-
-def simnpo_loss(avg_logp: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
-    return -(2.0 / beta) * F.logsigmoid(-beta * avg_logp - gamma).mean()
-
-
-def dpo_loss(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
-             beta: float) -> torch.Tensor:
-    return -F.logsigmoid(beta * ((chosen - ref_chosen) - (rejected - ref_rejected))).mean()
-
-
-def kl_from_logits(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean per-token KL(p_ref || p_θ) over positions where mask is true."""
-    ref, cur = ref_logits.float().log_softmax(-1), logits.float().log_softmax(-1)
-    kl = (ref.exp() * (ref - cur)).sum(-1)
-    mask = mask.float()
-    return (kl * mask).sum() / mask.sum().clamp(min=1)
-
-
-class TokenMethod(Resumable):
+class TokenMethod(Method):
     Config = TokenConfig
-    needs_encoder = False
-    system_prompt = None
 
     @staticmethod
     def validate(cfg) -> None:
-        unknown = [t for t in cfg.losses if t not in TERMS]
-        if unknown or not cfg.losses:
-            raise AtuError(f"method.losses has {unknown or 'nothing'}; choose from {', '.join(TERMS)}")
+        if not cfg.losses:
+            raise AtuError(f"method.losses is empty; choose from {', '.join(TERMS)}")
         if len(cfg.weights) != len(cfg.losses):
             raise AtuError(f"method.weights has {len(cfg.weights)} entries for {len(cfg.losses)} losses; give one weight per loss")
-        if cfg.optimizer not in OPTIMIZERS:
-            raise AtuError(f"method.optimizer={cfg.optimizer} is not one of {sorted(OPTIMIZERS)}")
-        if cfg.steps < 0 or cfg.batch_size < 1 or cfg.lr <= 0:
-            raise AtuError("method.steps must be >= 0, method.batch_size >= 1 and method.lr > 0")
-        if cfg.beta <= 0:
-            raise AtuError(f"method.beta={cfg.beta} must be positive")
-        if cfg.dpo_chosen not in ("refusal", "counterfactual"):
-            raise AtuError(f"method.dpo_chosen={cfg.dpo_chosen} is not refusal or counterfactual")
 
-    @classmethod
-    def check_model(cls, cfg, model) -> None:
-        pass
-
-    def __init__(self, cfg, ctx):
-        self.cfg, self.ctx = cfg, ctx
-        self.gen = torch.Generator().manual_seed(ctx.seed)
-        self.training_data: dict = {}
-
-    def prepare(self, progress=lambda msg: None) -> None:
+    def prepare(self, say=lambda msg: None) -> None:
         ctx, cfg, tok = self.ctx, self.cfg, self.ctx.tokenizer
         terms = set(cfg.losses)
         if terms & {"ga", "npo", "simnpo"}:
@@ -118,7 +82,7 @@ class TokenMethod(Resumable):
         self.model = ctx.model
         needs_ref = terms & {"npo", "dpo", "retain_kl"}
         if needs_ref:
-            progress("computing the reference model's log-probabilities once")
+            say("computing the reference model's log-probabilities once")
             with torch.no_grad(), self._reference():
                 if "npo" in terms:
                     self.ref_forget = all_sequence_logps(self.model, self.forget, ctx.infer_batch_size)
@@ -132,8 +96,6 @@ class TokenMethod(Resumable):
 
     def _reference(self):
         """Context in which self.model computes the reference (original) model's outputs."""
-        import contextlib
-
         return self.model.disable_adapter() if self.cfg.lora else contextlib.nullcontext()
 
     def params(self):
@@ -148,31 +110,39 @@ class TokenMethod(Resumable):
     def _rows(self, seqs: Sequences) -> torch.Tensor:
         return sample_rows(len(seqs), self.cfg.batch_size, self.gen, seqs.ids.device)
 
+    # -- the loss terms, by name (`losses: [npo, retain_nll]`)
+    def ga(self) -> torch.Tensor:
+        return -mean_nll(self.model, self.forget.batch(self._rows(self.forget)))
+
+    def npo(self) -> torch.Tensor:
+        rows = self._rows(self.forget)
+        return npo_loss(sequence_logps(self.model, self.forget.batch(rows)), self.ref_forget[rows], self.cfg.beta)
+
+    def simnpo(self) -> torch.Tensor:
+        logps = sequence_logps(self.model, self.forget.batch(self._rows(self.forget)), average=True)
+        return simnpo_loss(logps, self.cfg.beta, self.cfg.gamma)
+
+    def dpo(self) -> torch.Tensor:
+        rows = self._rows(self.chosen)
+        chosen, rejected = self.chosen.batch(rows), self.rejected.batch(rows)
+        return dpo_loss(sequence_logps(self.model, chosen), sequence_logps(self.model, rejected),
+                        self.ref_chosen[rows], self.ref_rejected[rows], self.cfg.beta)
+
+    def rt(self) -> torch.Tensor:
+        return mean_nll(self.model, self.refusals.batch(self._rows(self.refusals)))
+
+    def retain_nll(self) -> torch.Tensor:
+        return mean_nll(self.model, self.retain.batch(self._rows(self.retain)))
+
+    def retain_kl(self) -> torch.Tensor:
+        batch = self.retain.batch(self._rows(self.retain))
+        inputs = dict(input_ids=batch.ids, attention_mask=batch.attn.long(), use_cache=False)
+        with torch.no_grad(), self._reference():
+            ref_logits = (self.reference or self.model)(**inputs).logits
+        return kl_from_logits(self.model(**inputs).logits, ref_logits, batch.attn)
+
     def term(self, name: str) -> torch.Tensor:
-        cfg, model = self.cfg, self.model
-        if name == "ga":
-            return -mean_nll(model, self.forget.batch(self._rows(self.forget)))
-        if name == "npo":
-            rows = self._rows(self.forget)
-            return npo_loss(sequence_logps(model, self.forget.batch(rows)), self.ref_forget[rows], cfg.beta)
-        if name == "simnpo":
-            return simnpo_loss(sequence_logps(model, self.forget.batch(self._rows(self.forget)), average=True),
-                               cfg.beta, cfg.gamma)
-        if name == "dpo":
-            rows = self._rows(self.chosen)
-            return dpo_loss(sequence_logps(model, self.chosen.batch(rows)), sequence_logps(model, self.rejected.batch(rows)),
-                            self.ref_chosen[rows], self.ref_rejected[rows], cfg.beta)
-        if name == "rt":
-            return mean_nll(model, self.refusals.batch(self._rows(self.refusals)))
-        if name == "retain_nll":
-            return mean_nll(model, self.retain.batch(self._rows(self.retain)))
-        if name == "retain_kl":
-            batch = self.retain.batch(self._rows(self.retain))
-            inputs = dict(input_ids=batch.ids, attention_mask=batch.attn.long(), use_cache=False)
-            with torch.no_grad(), self._reference():
-                ref_logits = (self.reference or model)(**inputs).logits
-            return kl_from_logits(model(**inputs).logits, ref_logits, batch.attn)
-        raise AssertionError(name)
+        return getattr(self, name)()  # TERMS lists the valid names; the config rejects any other
 
     def loss(self, step):
         total, logs = 0.0, {}
@@ -182,22 +152,8 @@ class TokenMethod(Resumable):
             logs[name] = value.item()
         return total, logs
 
-    def modules(self):
-        return [self.model]
-
-    def trainable_parameters(self) -> int:
-        return count_parameters(self.params())
-
-    def model_to_save(self):
-        return merged(self.model)
-
-    def save(self, out) -> None:
-        save_adapter(self.model, out)
-
 
 def prompt_answer(pairs, tok, ctx) -> Sequences:
-    from .common import prompt_answer_sequences
-
     return prompt_answer_sequences(pairs, tok, ctx.max_length, ctx.device)
 
 

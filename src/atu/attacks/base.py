@@ -1,0 +1,71 @@
+"""What every attack is: a transform of the unlearned model (or of the prompts) that re-runs some probes, giving rows
+of before unlearning / after unlearning / after the attack. An attack takes what it needs from an `AttackContext`
+(the run, its target, its models and evaluations) and returns its rows; it writes nothing itself."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .. import data as datalib
+from ..evaluate import evaluate_target
+from ..runs import Run
+
+
+@dataclass
+class AttackContext:
+    run: Run
+    cfg: object  # the run's configuration (with the command line's eval/run settings)
+    target: datalib.Target
+    device: object
+    model: object  # the unlearned model, as its method rebuilt it
+    tokenizer: object
+    system: str | None  # the method's instruction before every probe (ICU), or None
+    before: dict  # the run's evaluation before unlearning
+    after: dict  # its last evaluation (the unlearned model)
+    predictions_before: list[dict]
+    predictions_after: list[dict]
+    load_original: Callable[[], object]  # the model before unlearning
+    load_saved: Callable[[str | None], object]  # the run's model again, optionally loaded quantized ("int8", "nf4")
+    _original: object = field(default=None, repr=False)
+
+    def original(self):
+        """The model before unlearning, loaded once when an attack first asks for it."""
+        if self._original is None:
+            self._original = self.load_original()
+        return self._original
+
+    def score(self, model, probes: dict, system: str | None = "run's") -> dict:
+        """Scores of `model` on `probes` ({set: [Probe]}), with the run's instruction unless `system` is given."""
+        prompt = self.system if system == "run's" else system
+        scores, _ = evaluate_target(model, self.tokenizer, probes, self.cfg.eval.batch_size, self.cfg.eval.max_new_tokens,
+                                    prompt)
+        return scores
+
+    def probe_sets(self, keys) -> dict:
+        return {k: v for k, v in self.target.probes.items() if k in keys}
+
+
+def mean_score(records: list[dict], keep) -> float | None:
+    scores = [r["score"] for r in records if keep(r)]
+    return statistics.fmean(scores) if scores else None
+
+
+def row(attack: str, metric: str, before, after, attacked, note: str = "") -> dict:
+    """One robustness row: `metric` (a key of atu.metrics) before unlearning, after it, and after the attack."""
+    return {"attack": attack, "metric": metric, "before": before, "after": after, "after_attack": attacked, "note": note}
+
+
+class Attack:
+    name = ""
+
+    def available(self) -> bool:
+        """Whether it can run here (its optional package is installed); `atu attack` runs those by default."""
+        return True
+
+    def check(self) -> None:
+        """Fail now, in one line, when it cannot run: before any long attack starts."""
+
+    def run(self, ctx: AttackContext) -> list[dict]:
+        raise NotImplementedError

@@ -1,0 +1,31 @@
+"""Membership inference as an attack: can the unlearned model still tell the target's texts (forget_mia.json) from
+texts about other people (retain_mia.json)? Loss, zlib and min-k% AUCs, original model against the unlearned one."""
+
+from __future__ import annotations
+
+import json
+
+from ..errors import AtuError
+from ..evaluate.mia import mia
+from . import register
+from .base import Attack, AttackContext, row
+
+
+def mia_texts(target) -> tuple[list[str], list[str]]:
+    def load(name):
+        path = target.file(name)
+        return [it["text"] for it in json.loads(path.read_text())] if path else []
+
+    return load("forget_mia.json"), load("retain_mia.json")
+
+
+@register("mia")
+class MembershipInference(Attack):
+    def run(self, ctx: AttackContext) -> list[dict]:
+        members, others = mia_texts(ctx.target)
+        if not members:
+            raise AtuError(f"{ctx.target.name} has no forget_mia.json/retain_mia.json for membership inference")
+        before = mia(ctx.original(), ctx.tokenizer, members, others)
+        after = mia(ctx.model, ctx.tokenizer, members, others)
+        return [row(self.name, key, 100 * before[key], 100 * after[key], 100 * after[key],
+                    "forget_mia vs retain_mia; 50 = cannot tell apart") for key in before]
