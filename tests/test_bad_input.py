@@ -69,7 +69,7 @@ CASES = [
     ("empty-probe-file", ["unlearn", "target=Stephen King", "data.roots=[NOPROBES]"], "forget_level1.json is empty"),
     ("probe-missing-fields", ["unlearn", "target=Stephen King", "data.roots=[NOFIELDS]"], "probe is missing answer, level"),
     ("empty-forget-corpus", ["unlearn", "data.forget_corpus=EMPTY"], "empty.json is empty; give a JSON list"),
-    ("tau-out-of-range", ["unlearn", "method.taus=[1.5]"], "method.taus has 1.5, outside [-1, 1]"),
+    ("tau-out-of-range", ["unlearn", "method.taus=[1.5]"], "method.taus=[1.5] must be at most 1.0"),
     ("tau-increasing", ["unlearn", "method.taus=[0.3,0.5]"], "must not increase"),
     ("hook-layer-too-deep", ["unlearn", "method.hook_layer=9"], "outside this model's 1..4 layers"),
     ("lora-targets-missing", ["unlearn", "method.lora=true", "method.lora_targets=[qkv_proj]"],
@@ -77,14 +77,19 @@ CASES = [
     ("encoder-missing", ["unlearn", "encoder.name_or_path=/nonexistent/enc"], "does not exist"),
     ("encoder-hub-offline", ["unlearn", "encoder.name_or_path=someorg/some-encoder"], "cannot load sentence encoder"),
     ("run-folder-exists", ["unlearn", "run.output_dir=EXISTING"], "already exists; pick another run.output_dir"),
-    ("negative-steps", ["unlearn", "method.unlearn_steps=-1"], "method.unlearn_steps=-1 must be positive"),
-    ("negative-steps-token", ["unlearn", "method=ga", "method.steps=-3"], "method.steps must be >= 0"),
+    ("negative-steps", ["unlearn", "method.unlearn_steps=-1"], "method.unlearn_steps=-1 must be at least 0"),
+    ("negative-steps-token", ["unlearn", "method=ga", "method.steps=-3"], "method.steps=-3 must be at least 0"),
     ("batch-size-zero", ["unlearn", "method.unlearn_batch_size=0"], "method.unlearn_batch_size=0 must be at least 1"),
     ("eval-batch-size-zero", ["unlearn", "eval.batch_size=0"], "eval.batch_size=0 must be at least 1"),
+    ("negative-lr-atu", ["unlearn", "method.unlearn_lr=-1e-5"], "method.unlearn_lr=-1e-05 must be greater than 0"),
+    ("negative-lr-rmu", ["unlearn", "method=rmu", "method.lr=-1"], "method.lr=-1.0 must be greater than 0"),
+    ("negative-lr-grun", ["unlearn", "method=grun", "method.lr=0"], "method.lr=0.0 must be greater than 0"),
+    ("max-passages-zero", ["unlearn", "data.max_passages=0"], "data.max_passages=0 must be at least 1"),
+    ("empty-taus", ["unlearn", "method.taus=[]"], "method.taus is empty"),
     ("max-length-beyond-context", ["unlearn", "data.max_length=100000"], "exceeds the model's context of 1024 tokens"),
-    ("max-length-too-small", ["unlearn", "data.max_length=1"], "data.max_length=1 is too small"),
+    ("max-length-too-small", ["unlearn", "data.max_length=1"], "data.max_length=1 must be at least 16"),
     ("unwritable-output", ["unlearn", "run.output_dir=FILE/run"], "cannot write run folder"),
-    ("unknown-logger", ["unlearn", "run.loggers=[tensorbord]"], "run.loggers has 'tensorbord'; known loggers"),
+    ("unknown-logger", ["unlearn", "run.loggers=[tensorbord]"], "run.loggers=['tensorbord'] is not one of tensorboard"),
     ("bad-dtype", ["unlearn", "model.dtype=float8"], "model.dtype=float8 is not one of"),
     ("cuda-without-gpu", ["unlearn", "run.device=cuda"], "no CUDA GPU is visible"),
     ("unknown-command", ["frobnicate"], "unknown command 'frobnicate'"),
@@ -116,10 +121,52 @@ def test_bad_input_gives_one_clear_line(tmp_path, capsys, case, args, message):
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written, nothing removed
 
 
+def _out_of_range(meta: dict, value):
+    """A value just outside a field's bounds (None when the field has none)."""
+    if meta.get("choices"):
+        return "no_such_choice"
+    if meta.get("at_least") is not None:
+        return meta["at_least"] - 1
+    if meta.get("above") is not None:
+        return meta["above"]
+    if meta.get("at_most") is not None:
+        return meta["at_most"] + 1
+    return None
+
+
+def _bounded_settings():
+    from dataclasses import fields
+
+    from atu.config import SECTIONS
+    from atu.methods import get_method
+
+    for section, method, schema in [(s, None, c) for s, c in SECTIONS.items()] + [
+            ("method", m, get_method(m).Config) for m in ("atu", "ga", "rmu", "grun", "icu")]:
+        for f in fields(schema):
+            bad = _out_of_range(f.metadata, None) if f.metadata else None
+            if bad is not None:
+                yield section, method, f.name, [bad] if f.metadata.get("each") else bad
+
+
+BOUNDED = list(_bounded_settings())
+
+
+@pytest.mark.parametrize("section, method, name, bad", BOUNDED, ids=[f"{m or s}.{n}" for s, m, n, _ in BOUNDED])
+def test_every_bounded_setting_is_checked_at_load_time(section, method, name, bad, tmp_path, capsys):
+    """setting-out-of-range: every field with a range or choices (config and every method family) refuses a value
+    just outside it, in one line that names the key, before anything is written."""
+    value = "[" + ",".join(map(str, bad)) + "]" if isinstance(bad, list) else bad
+    args = ["unlearn", "model=tiny", f"run.output_dir={tmp_path / 'run'}", f"{section}.{name}={value}"]
+    code = main(args[:1] + ([f"method={method}"] if method else []) + args[1:])
+    err = capsys.readouterr().err
+    assert code == 2 and f"atu: error: {section}.{name}=" in err, err
+    assert not (tmp_path / "run").exists()
+
+
 def test_docs_table_lists_every_tested_case_and_nothing_else():
     documented = re.findall(r"^\| `([a-z0-9-]+)` \|", DOCS.read_text(), flags=re.M)
     tested = [c[0] for c in CASES] + ["resume-no-checkpoint", "resume-changed-config", "resume-finished-run",
-                                      "nan-loss", "disk-full"]
+                                      "nan-loss", "disk-full", "setting-out-of-range"]
     assert sorted(documented) == sorted(tested) and len(documented) >= 20
 
 

@@ -4,14 +4,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 from atu import checkpoint
 
-# stages long enough that the kill lands inside one (≈ 50 ms per step on one thread), checkpoints every 4 steps
+# checkpoints every 4 steps; ATU_TEST_KILL_AT makes the process SIGKILL itself right after a named checkpoint
 RUN = ["model=tiny", "target=Stephen King", "method.align_steps=20", "method.realign_steps=5", "method.unlearn_steps=30",
        "method.taus=[0.3,0.1]", "data.max_passages=6", "data.other_targets=1", "eval.max_probes_per_file=1",
        "method.unlearn_params=below_hook", "method.hook_layer=2", "method.unlearn_lr=1e-3", "run.threads=1",
@@ -19,21 +18,14 @@ RUN = ["model=tiny", "target=Stephen King", "method.align_steps=20", "method.rea
 TIMING = ("seconds", "eval_seconds")
 
 
-def atu(*args):
-    return subprocess.run([sys.executable, "-m", "atu.cli", *args], capture_output=True, text=True, timeout=600)
+def atu(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "atu.cli", *args], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})})
 
 
 def records(run_dir):
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
-
-
-def position(run_dir):
-    latest = checkpoint.latest(run_dir / "checkpoints")
-    try:
-        return json.loads((latest / "state.json").read_text())["position"] if latest else None
-    except (OSError, ValueError):  # replaced by a newer one while we read
-        return None
 
 
 def test_sigkill_mid_stage_then_resume_ends_like_an_uninterrupted_run(tmp_path):
@@ -43,17 +35,10 @@ def test_sigkill_mid_stage_then_resume_ends_like_an_uninterrupted_run(tmp_path):
     r = atu("unlearn", *RUN, f"run.output_dir={whole}")
     assert r.returncode == 0, r.stderr[-2000:]
 
-    proc = subprocess.Popen([sys.executable, "-m", "atu.cli", "unlearn", *RUN, f"run.output_dir={killed}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    # wait for a checkpoint inside the first unlearning stage (stage 1, after `align`), then kill without warning
-    while time.time() < deadline and proc.poll() is None:
-        pos = position(killed)
-        if pos and pos["stage"] == 1 and pos["step"] > 0:
-            os.kill(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.02)
-    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed mid-stage"
+    # killed without warning right after the checkpoint at step 8 of the first unlearning stage (stage 1, after align)
+    r = atu("unlearn", *RUN, f"run.output_dir={killed}", env={"ATU_TEST_KILL_AT": "1:8"})
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    assert checkpoint.load(checkpoint.latest(killed / "checkpoints"))["position"]["step"] == 8
     assert json.loads((killed / "run.json").read_text())["status"] == "running"  # it never got to say goodbye
     assert not (killed / "model").exists()
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from statistics import fmean
 
-from .errors import AtuError
+from .errors import AtuError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,6 @@ def register(metric: Metric) -> Metric:
 
 def get(key: str) -> Metric:
     if key not in REGISTRY:
-        from .errors import did_you_mean
-
         raise AtuError(f"unknown metric {key!r}.{did_you_mean(key, REGISTRY)} Known: {', '.join(REGISTRY)}")
     return REGISTRY[key]
 

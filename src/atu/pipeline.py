@@ -313,8 +313,8 @@ class Job:
                 "position": position, "global_step": self.log.global_step, "metrics_bytes": self.log.size,
                 "utility": self.utility, "params": params, "optimizer": optimizer_state,
                 "method": self.method.state_dict(), "rng": ckpt.rng_state()})
-        if os.environ.get(KILL_AT) == f"{position['stage']}:{position['step']}":
-            os.kill(os.getpid(), signal.SIGKILL)  # a deterministic "kill -9" for the interruption tests
+        if self.main and os.environ.get(KILL_AT) == f"{position['stage']}:{position['step']}":
+            os.kill(os.getpid(), signal.SIGKILL)  # a deterministic "kill -9" (the launcher then ends the others)
 
     def save_results(self) -> None:
         self.method.save(self.run_folder)

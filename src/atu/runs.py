@@ -20,6 +20,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file, save_file
 
 from .errors import AtuError
 
@@ -83,8 +84,6 @@ def save_figure(fig, path: Path, dpi: int = 120) -> None:
 
 def save_tensors(path: Path, tensors: dict) -> None:
     """safetensors, written beside and renamed (a model-sized file is not held twice in memory)."""
-    from safetensors.torch import save_file  # torch is loaded by then; not at CLI start-up
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(_tmp(path)))
@@ -265,18 +264,16 @@ class Run:
     def read_json(self, name: str):
         return json.loads((self.path / name).read_text())
 
-    def write_json(self, name: str, obj) -> None:
+    def save_json(self, name: str, obj) -> None:
         write_json(self.path / name, obj)
 
     def read_text(self, name: str) -> str:
         return (self.path / name).read_text()
 
-    def write_text(self, name: str, text: str) -> None:
+    def save_text(self, name: str, text: str) -> None:
         write_text(self.path / name, text)
 
     def read_tensors(self, name: str) -> dict:
-        from safetensors.torch import load_file  # torch is loaded by then; not at CLI start-up
-
         return load_file(str(self.path / name))
 
     def save_tensors(self, name: str, tensors: dict) -> None:

@@ -24,21 +24,7 @@ from ..errors import AtuError, did_you_mean
 from ..models import load_lm, pick_device
 from ..pipeline import load_run_model
 from ..runs import Run
-from .base import Attack, AttackContext
-
-ATTACKS: dict[str, Attack] = {}
-
-
-def register(name: str, attack: Attack | None = None):
-    """register("mia")(SomeAttack) for a class, register("quant8", Quantization(8, "rtn")) for a configured one."""
-
-    def add(item):
-        instance = item() if isinstance(item, type) else item
-        instance.name = name
-        ATTACKS[name] = instance
-        return item
-
-    return add(attack) if attack is not None else add
+from .base import ATTACKS, AttackContext
 
 
 def _load_all() -> None:

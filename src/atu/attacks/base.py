@@ -69,3 +69,18 @@ class Attack:
 
     def run(self, ctx: AttackContext) -> list[dict]:
         raise NotImplementedError
+
+
+ATTACKS: dict[str, Attack] = {}
+
+
+def register(name: str, attack: Attack | None = None):
+    """register("mia")(SomeAttack) for a class, register("quant8", Quantization(8, "rtn")) for a configured one."""
+
+    def add(item):
+        instance = item() if isinstance(item, type) else item
+        instance.name = name
+        ATTACKS[name] = instance
+        return item
+
+    return add(attack) if attack is not None else add

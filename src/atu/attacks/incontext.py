@@ -5,8 +5,7 @@ from __future__ import annotations
 import random
 
 from ..data import Probe
-from . import register
-from .base import Attack, AttackContext, row
+from .base import Attack, AttackContext, register, row
 
 
 def with_context(probes: list[Probe], n_facts: int = 3, seed: int = 0) -> list[Probe]:

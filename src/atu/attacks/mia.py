@@ -7,8 +7,7 @@ import json
 
 from ..errors import AtuError
 from ..evaluate.mia import mia
-from . import register
-from .base import Attack, AttackContext, row
+from .base import Attack, AttackContext, register, row
 
 
 def mia_texts(target) -> tuple[list[str], list[str]]:

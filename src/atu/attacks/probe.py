@@ -13,8 +13,7 @@ from .. import data as datalib
 from ..methods import get_method
 from ..methods.common import hidden_at
 from ..models import decoder_layers
-from . import register
-from .base import Attack, AttackContext, row
+from .base import Attack, AttackContext, register, row
 
 
 def sentences(texts: list[str], min_words: int = 6) -> list[str]:

@@ -16,8 +16,7 @@ from torch import nn
 
 from .. import metrics
 from ..models import decoder_layers, has_bitsandbytes, require_bitsandbytes
-from . import register
-from .base import Attack, AttackContext, row
+from .base import Attack, AttackContext, register, row
 
 
 def quantize_rtn(w: torch.Tensor, bits: int, group_size: int = 128) -> torch.Tensor:

@@ -10,8 +10,7 @@ import torch
 from ..errors import AtuError
 from ..evaluate.rwku import build_prompt
 from ..methods.common import mean_nll, prompt_answer_sequences
-from . import register
-from .base import Attack, AttackContext, mean_score, row
+from .base import Attack, AttackContext, mean_score, register, row
 
 
 def split_probes(probes: list, seed: int) -> tuple[list, list]:

@@ -3,8 +3,7 @@ unlearned model, against the run's own evaluation of them."""
 
 from __future__ import annotations
 
-from . import register
-from .base import Attack, AttackContext, row
+from .base import Attack, AttackContext, register, row
 
 
 @register("rephrase")

@@ -11,23 +11,13 @@ from omegaconf.errors import OmegaConfBaseException
 from .. import settings
 from ..errors import AtuError, did_you_mean
 from ..runs import Run
-from .base import Method, RunContext
+from .base import REGISTRY, Method, RunContext, register
 
 __all__ = ["Method", "RunContext", "REGISTRY", "register", "get_method", "method_config", "schemas", "rebuild"]
 
-REGISTRY: dict[str, type[Method]] = {}
-
-
-def register(name: str):
-    def wrap(cls):
-        REGISTRY[name] = cls
-        return cls
-
-    return wrap
-
 
 def _load_all() -> None:
-    from . import atu, grun, icu, rmu, token  # noqa: F401  (each registers itself; importing them needs the registry)
+    from . import atu, grun, icu, rmu, token  # noqa: F401  (each file registers itself)
 
 
 def schemas() -> dict[str, type]:

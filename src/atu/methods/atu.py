@@ -27,8 +27,7 @@ from ..head import EmbeddingHead
 from ..models import decoder_layers
 from ..runs import Run
 from ..settings import setting
-from . import register
-from .base import Method
+from .base import Method, register
 from .common import OPTIMIZERS, LoraSettings, add_lora, cache_states, hidden_at, lora_params, pick_layer
 from .losses import masked_mean, relative_drift, upcast
 
@@ -60,6 +59,7 @@ class ATUConfig(LoraSettings):  # lora: true trains peft adapters in blocks 1..L
     unlearn_steps: int = setting(1000, "LLM steps per unlearning stage (paper: 1,000)", at_least=0)
     unlearn_lr: float = setting(3e-4, "the LLM's learning rate (paper: SGD 3e-4)", above=0)
     unlearn_optimizer: str = setting("sgd", "the LLM's optimizer (paper: sgd)", choices=tuple(OPTIMIZERS))
+    unlearn_momentum: float = setting(0.0, "SGD momentum (paper: none)", at_least=0, at_most=0.999)
     unlearn_batch_size: int = setting(16, "sequences per unlearning step (paper: 16)", at_least=1)
     unlearn_params: str = setting("all", "what unlearning trains: every LLM weight, or blocks 1..L only (not with lora)",
                                   choices=("all", "below_hook"))
@@ -166,6 +166,8 @@ class ATU(Method):
             raise AtuError(f"method.taus={list(cfg.taus)} with method.tau_mode=quantile must lie in [0, 1]")
         if any(b > a for a, b in zip(cfg.taus, cfg.taus[1:])):
             raise AtuError(f"method.taus {list(cfg.taus)} must not increase: each stage lowers the threshold")
+        if cfg.unlearn_momentum and cfg.unlearn_optimizer != "sgd":
+            raise AtuError(f"method.unlearn_momentum={cfg.unlearn_momentum} needs method.unlearn_optimizer=sgd")
         if cfg.head_width % cfg.head_heads:
             raise AtuError(f"method.head_width={cfg.head_width} must be divisible by method.head_heads={cfg.head_heads}")
 
@@ -265,7 +267,8 @@ class ATU(Method):
         return list(model.parameters())
 
     def _lm_optimizer(self, params):
-        return OPTIMIZERS[self.cfg.unlearn_optimizer](params, lr=self.cfg.unlearn_lr)
+        momentum = {"momentum": self.cfg.unlearn_momentum} if self.cfg.unlearn_momentum else {}
+        return OPTIMIZERS[self.cfg.unlearn_optimizer](params, lr=self.cfg.unlearn_lr, **momentum)
 
     @torch.no_grad()
     def similarities(self, data: Batchable) -> torch.Tensor:
@@ -337,7 +340,7 @@ class ATU(Method):
         """The head (safetensors), its config, the hook layer and the thresholds used; with LoRA, the adapter."""
         super().save(run)
         run.save_tensors(HEAD_FILES[0], self.head.state_dict())
-        run.write_json(HEAD_FILES[1], {"head_config": self.head.config, "hook_layer": self.layer,
+        run.save_json(HEAD_FILES[1], {"head_config": self.head.config, "hook_layer": self.layer,
                                        "thresholds": self.thresholds, "window_tokens": self.cfg.window_tokens})
 
     @classmethod

@@ -20,6 +20,19 @@ from ..runs import Run
 from .common import count_parameters, merged
 
 
+REGISTRY: dict[str, type["Method"]] = {}
+
+
+def register(name: str):
+    """Class decorator: the method is chosen in config as `method=<name>`."""
+
+    def wrap(cls):
+        REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
 @dataclass
 class RunContext:
     """What a method gets from the job: the model and data of this run."""

@@ -2,6 +2,7 @@
 at a layer, LoRA wrapping, optimizers. One place for each, so a method file holds only its loss and what it trains."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -186,9 +187,7 @@ class LoraSettings:
 def add_lora(model, cfg: LoraSettings, blocks: list[int] | None = None):
     """Wrap `model` with peft LoRA adapters on cfg.lora_targets (in the given 0-based blocks only, when given).
     Returns the peft model; its base weights stay frozen."""
-    import warnings
-
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model  # loaded only when LoRA is asked for (it imports much of transformers)
 
     config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                         target_modules=lora_modules(cfg, model), layers_to_transform=blocks, task_type="CAUSAL_LM")

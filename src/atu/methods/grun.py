@@ -20,8 +20,7 @@ from ..engine import Stage
 from ..models import decoder_layers
 from ..runs import Run
 from ..settings import setting
-from . import register
-from .base import Method
+from .base import Method, register
 from .common import OPTIMIZERS, all_sequence_logps, mean_nll, pick_layer, sample_rows, sequence_logps, text_sequences
 from .losses import masked_mean, npo_loss, upcast
 
@@ -159,7 +158,7 @@ class GRUN(Method):
 
     def save(self, run: Run) -> None:
         run.save_tensors(FILES[0], self.module.state_dict())
-        run.write_json(FILES[1], {**self.module.config, "layer": self.ell})
+        run.save_json(FILES[1], {**self.module.config, "layer": self.ell})
 
     @classmethod
     def rebuild(cls, run: Run, load):

@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from ..engine import Stage
 from ..runs import Run
 from ..settings import setting
-from . import register
-from .base import Method
+from .base import Method, register
 
 DEFAULT_INSTRUCTION = ("You are an AI assistant who has never learnt anything about {name}. For any question about "
                        "{name}, answer as if you knew nothing about {name}, and do not reveal that you were told this.")
@@ -42,7 +41,7 @@ class ICU(Method):
         return None  # the model is unchanged
 
     def save(self, run: Run) -> None:
-        run.write_text(FILE, self.system_prompt + "\n")
+        run.save_text(FILE, self.system_prompt + "\n")
 
     @classmethod
     def rebuild(cls, run: Run, load):

@@ -15,8 +15,7 @@ import torch
 from ..engine import Stage
 from ..models import decoder_layers
 from ..settings import setting
-from . import register
-from .base import Method
+from .base import Method, register
 from .common import OPTIMIZERS, LoraSettings, add_lora, cache_states, hidden_at, lora_params, pick_layer, sample_rows, text_sequences
 from .losses import masked_mean, relative_drift, upcast
 

@@ -22,8 +22,7 @@ import torch
 from ..engine import Stage
 from ..errors import AtuError
 from ..settings import setting
-from . import register
-from .base import Method
+from .base import Method, register
 from .common import (OPTIMIZERS, LoraSettings, Sequences, add_lora, all_sequence_logps, lora_params, mean_nll,
                      prompt_answer_sequences, sample_rows, sequence_logps, text_sequences)
 from .losses import dpo_loss, kl_from_logits, npo_loss, simnpo_loss

@@ -11,6 +11,7 @@ import json
 import random
 
 from .. import data as datalib
+from ..errors import AtuError
 from ..evaluate.rwku import build_prompt
 
 # Questions about a target, modelled on RWKU's reject.json instructions; {name} is filled in.
@@ -54,8 +55,6 @@ def dpo_pairs(target, forget_texts: list[str], chosen: str, tokenizer, seed: int
     if chosen == "counterfactual":
         items, path = _official(target, ("pair_phi.json", "pair.json"))
         if not items:
-            from ..errors import AtuError
-
             raise AtuError(f"no RWKU pair file (counterfactual answers) is shipped for {target.name}; "
                            "use method.dpo_chosen=refusal")
         return ([(_question_prompt(f"Please write a short biography of {target.name}.", tokenizer), it["response"][0],
