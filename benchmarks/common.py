@@ -1,5 +1,6 @@
 """Shared by the benchmarks: the environment record, model builders (real embedded models, or random-weight models
 shaped like the paper's Phi-3-mini and MPNet for GPU timing), the alignment text, and where results go."""
+
 from __future__ import annotations
 
 import platform
@@ -9,8 +10,15 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).parent / "results"
-PHI3_MINI = dict(hidden_size=3072, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
-                 intermediate_size=8192, vocab_size=32064, max_position_embeddings=4096)
+PHI3_MINI = dict(
+    hidden_size=3072,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+    intermediate_size=8192,
+    vocab_size=32064,
+    max_position_embeddings=4096,
+)
 
 
 def environment(device: torch.device) -> dict:
@@ -19,12 +27,25 @@ def environment(device: torch.device) -> dict:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        model = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")] if Path("/proc/cpuinfo").exists() else [platform.processor()]
+        model = (
+            [
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ]
+            if Path("/proc/cpuinfo").exists()
+            else [platform.processor()]
+        )
         name = f"{model[0] if model else 'cpu'} ({torch.get_num_threads()} threads)"
-    return {"device": str(device), "device_name": name, "date": time.strftime("%F %T"), "python": platform.python_version(),
-            "torch": torch.__version__, "transformers": version("transformers"),
-            "sentence_transformers": version("sentence-transformers")}
+    return {
+        "device": str(device),
+        "device_name": name,
+        "date": time.strftime("%F %T"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": version("transformers"),
+        "sentence_transformers": version("sentence-transformers"),
+    }
 
 
 def sync(device: torch.device) -> None:
@@ -54,9 +75,18 @@ def load_models(model_name: str, encoder_name: str, device: torch.device, dtype:
         layer = 29  # the paper's hook layer
     else:
         name = "embedded:gemma3-270m" if model_name == "embedded" else model_name
-        model, tok = load_lm(OmegaConf.create({"name_or_path": name, "dtype": str(dtype).split(".")[-1],
-                                               "trust_remote_code": False, "revision": None,
-                                               "local_files_only": True}), device)
+        model, tok = load_lm(
+            OmegaConf.create(
+                {
+                    "name_or_path": name,
+                    "dtype": str(dtype).split(".")[-1],
+                    "trust_remote_code": False,
+                    "revision": None,
+                    "local_files_only": True,
+                }
+            ),
+            device,
+        )
         layer = round(0.9 * model.config.get_text_config().num_hidden_layers)
     prepare_tokenizer(tok)
     model.eval().requires_grad_(False)
@@ -74,8 +104,11 @@ def mpnet_shaped(minilm, device):
 
     transformer = minilm[0]
     torch.manual_seed(0)
-    transformer.auto_model = BertModel(BertConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                                                  intermediate_size=3072)).to(device).eval()
+    transformer.auto_model = (
+        BertModel(BertConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072))
+        .to(device)
+        .eval()
+    )
     return SentenceTransformer(modules=[transformer, Pooling(768, "mean"), Normalize()], device=str(device)).eval()
 
 
@@ -112,9 +145,8 @@ class FoldedTokenizer:
 def texts_for(target: str, n: int) -> list[str]:
     """ATU's alignment text: the target's forget corpus, then other targets' corpora, up to n passages."""
     from atu import data as datalib
-    from atu.pipeline import choose_other_targets
 
     texts = list(datalib.load_target(target).forget_corpus)
-    for other in choose_other_targets(target, 10, [], 0):
+    for other in datalib.other_targets(target, 10, [], 0):
         texts += other.forget_corpus[:32]
     return texts[:n]

@@ -6,6 +6,7 @@ forward) against batch-1 generation, on the same probes, same model, same settin
 
 Results: benchmarks/results/evaluation-<device>-<model>.json (medians and min-max over --repeats).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,20 +66,36 @@ def main() -> None:
     for label, batch in (("batched", args.batch), ("batch_1", 1)):
         print(f"{label}: {n} probes, batch {batch}", flush=True)
         times, records = timed(model, tok, probes, batch, args.new_tokens, device, args.repeats)
-        rows[label] = {"batch": batch, "seconds": [round(t, 2) for t in times],
-                       "probes_per_second_median": round(n / statistics.median(times), 2),
-                       "probes_per_second_min_max": [round(n / max(times), 2), round(n / min(times), 2)],
-                       "answers": [r["prediction"] for r in records]}
+        rows[label] = {
+            "batch": batch,
+            "seconds": [round(t, 2) for t in times],
+            "probes_per_second_median": round(n / statistics.median(times), 2),
+            "probes_per_second_min_max": [round(n / max(times), 2), round(n / min(times), 2)],
+            "answers": [r["prediction"] for r in records],
+        }
     same = sum(a == b for a, b in zip(rows["batched"]["answers"], rows["batch_1"]["answers"]))
-    result = {"benchmark": "evaluation", **environment(device), "model": args.model, "dtype": args.dtype,
-              "settings": vars(args), "probes": n, **rows,
-              "speedup_median": round(rows["batched"]["probes_per_second_median"]
-                                      / rows["batch_1"]["probes_per_second_median"], 1),
-              "identical_answers": f"{same}/{n}"}
+    result = {
+        "benchmark": "evaluation",
+        **environment(device),
+        "model": args.model,
+        "dtype": args.dtype,
+        "settings": vars(args),
+        "probes": n,
+        **rows,
+        "speedup_median": round(
+            rows["batched"]["probes_per_second_median"] / rows["batch_1"]["probes_per_second_median"], 1
+        ),
+        "identical_answers": f"{same}/{n}",
+    }
     path = result_path("evaluation", device, args.model)
     path.write_text(json.dumps(result, indent=1))
-    print(json.dumps({k: v for k, v in result.items() if k not in ("batched", "batch_1")}
-                     | {k: {x: y for x, y in rows[k].items() if x != "answers"} for k in rows}, indent=1))
+    print(
+        json.dumps(
+            {k: v for k, v in result.items() if k not in ("batched", "batch_1")}
+            | {k: {x: y for x, y in rows[k].items() if x != "answers"} for k in rows},
+            indent=1,
+        )
+    )
     print(f"written: {path}")
 
 

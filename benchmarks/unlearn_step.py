@@ -14,6 +14,7 @@ the device's dense bf16 peak (--peak-tflops; H100/H200 SXM: 989). On a CPU the M
 Not yet run on a GPU by us (no GPU in the sessions so far): the GPU rows of benchmarks/results/ come from whoever runs
 this command on one. Results: benchmarks/results/unlearn_step-<device>-<model>.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -103,20 +104,31 @@ def main() -> None:
             sync(device)
             times.append(time.perf_counter() - start)
         median = statistics.median(times)
-        rows[variant] = {"step_seconds_median": round(median, 4), "step_seconds_min_max": [round(min(times), 4),
-                                                                                          round(max(times), 4)],
-                         "tokens_per_second": round(tokens / median),
-                         "mfu_layers_run": round(flops / median / (args.peak_tflops * 1e12), 3)
-                         if device.type == "cuda" else None,
-                         "peak_memory_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 1)
-                         if device.type == "cuda" else None}
+        rows[variant] = {
+            "step_seconds_median": round(median, 4),
+            "step_seconds_min_max": [round(min(times), 4), round(max(times), 4)],
+            "tokens_per_second": round(tokens / median),
+            "mfu_layers_run": round(flops / median / (args.peak_tflops * 1e12), 3) if device.type == "cuda" else None,
+            "peak_memory_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 1)
+            if device.type == "cuda"
+            else None,
+        }
         print(variant, rows[variant], flush=True)
-    result = {"benchmark": "unlearn_step", **environment(device), "model": args.model, "dtype": args.dtype,
-              "hook_layer": layer, "parameters_of_layers_run": block_parameters(model, layer), "tokens": tokens,
-              "settings": vars(args), **rows}
+    result = {
+        "benchmark": "unlearn_step",
+        **environment(device),
+        "model": args.model,
+        "dtype": args.dtype,
+        "hook_layer": layer,
+        "parameters_of_layers_run": block_parameters(model, layer),
+        "tokens": tokens,
+        "settings": vars(args),
+        **rows,
+    }
     if "reference" in rows and "ours" in rows:
-        result["speedup_ours_vs_reference"] = round(rows["reference"]["step_seconds_median"]
-                                                    / rows["ours"]["step_seconds_median"], 2)
+        result["speedup_ours_vs_reference"] = round(
+            rows["reference"]["step_seconds_median"] / rows["ours"]["step_seconds_median"], 2
+        )
     path = result_path("unlearn_step", device, args.model)
     path.write_text(json.dumps(result, indent=1))
     print(f"written: {path}")

@@ -32,8 +32,12 @@ def imports(path: Path) -> set[str]:
                 continue
             for alias in node.names:  # `from . import x` may name a submodule
                 sub = f"{base}.{alias.name}"
-                found.add(sub if (SRC.parent / sub.replace(".", "/")).with_suffix(".py").exists()
-                          or (SRC.parent / sub.replace(".", "/") / "__init__.py").exists() else base)
+                found.add(
+                    sub
+                    if (SRC.parent / sub.replace(".", "/")).with_suffix(".py").exists()
+                    or (SRC.parent / sub.replace(".", "/") / "__init__.py").exists()
+                    else base
+                )
     return found - {name}
 
 
@@ -65,8 +69,12 @@ def test_every_module_has_a_layer():
 
 def test_no_import_reaches_up_a_layer():
     table = layers()
-    upward = [(a, b) for a, deps in graph().items() for b in deps
-              if layer_of(a, table) >= 0 and layer_of(b, table) > layer_of(a, table)]
+    upward = [
+        (a, b)
+        for a, deps in graph().items()
+        for b in deps
+        if layer_of(a, table) >= 0 and layer_of(b, table) > layer_of(a, table)
+    ]
     assert not upward, f"imports from a lower layer to a higher one: {upward}"
 
 
@@ -76,7 +84,7 @@ def test_no_import_cycle():
 
     def visit(node):
         if node in stack:
-            cycles.append(stack[stack.index(node):] + [node])
+            cycles.append(stack[stack.index(node) :] + [node])
             return
         if node in seen:
             return
@@ -105,8 +113,19 @@ def test_the_checker_sees_cycles_and_upward_imports(tmp_path):
     assert layer_of("atu.report", layers()) > layer_of("atu.runs", layers())
 
 
-WRITERS = {"write_text", "write_bytes", "savefig", "to_csv", "save_file", "save_pretrained", "dump", "copy", "copyfile",
-           "copy2", "copytree"}
+WRITERS = {
+    "write_text",
+    "write_bytes",
+    "savefig",
+    "to_csv",
+    "save_file",
+    "save_pretrained",
+    "dump",
+    "copy",
+    "copyfile",
+    "copy2",
+    "copytree",
+}
 
 
 def writes(path: Path) -> list[str]:
@@ -117,7 +136,9 @@ def writes(path: Path) -> list[str]:
             continue
         func = node.func
         mode = next((a.value for a in node.args[1:2] if isinstance(a, ast.Constant)), None)
-        mode = next((k.value.value for k in node.keywords if k.arg == "mode" and isinstance(k.value, ast.Constant)), mode)
+        mode = next(
+            (k.value.value for k in node.keywords if k.arg == "mode" and isinstance(k.value, ast.Constant)), mode
+        )
         if isinstance(func, ast.Name) and func.id == "open" and isinstance(mode, str) and set(mode) & set("wax"):
             found.append(f"{path.name}:{node.lineno} open(..., {mode!r})")
         if isinstance(func, ast.Name) and func.id == "save_file":  # safetensors' writer, imported by name
@@ -141,9 +162,11 @@ def test_only_the_run_folder_owner_writes_files():
 
 def test_the_writer_check_catches_each_kind_of_write(tmp_path):
     planted = tmp_path / "bad.py"
-    planted.write_text("open('x', 'w')\np.open('a')\nq.write_text('t')\nfig.savefig('f.png')\ndf.to_csv('c')\n"
-                       "save_file(t, 'x')\nst.save_file(t, 'x')\nm.save_pretrained(d)\njson.dump(o, f)\n"
-                       "torch.save(t, 'x')\nOmegaConf.save(c, 'x')\nshutil.copy(a, b)\nruns.write_text(p, 't')\n"
-                       "open('x')\np.open()\n")
+    planted.write_text(
+        "open('x', 'w')\np.open('a')\nq.write_text('t')\nfig.savefig('f.png')\ndf.to_csv('c')\n"
+        "save_file(t, 'x')\nst.save_file(t, 'x')\nm.save_pretrained(d)\njson.dump(o, f)\n"
+        "torch.save(t, 'x')\nOmegaConf.save(c, 'x')\nshutil.copy(a, b)\nruns.write_text(p, 't')\n"
+        "open('x')\np.open()\n"
+    )
     found = writes(planted)
     assert len(found) == 12, found  # every write but the owner's writer and the two reads

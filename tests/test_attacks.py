@@ -1,5 +1,6 @@
 """Attacks and membership inference: quantization error bounds, MIA scores on hand-made probabilities, the relearning
 split, the probe's held-out accuracy, and `atu attack` over a tiny run folder."""
+
 import json
 import math
 import zlib
@@ -24,7 +25,7 @@ def test_rtn_quantization_error_is_within_half_a_step_and_shrinks_with_bits():
         step = w.reshape(8, 2, 128).abs().amax(-1, keepdim=True) / (2 ** (bits - 1) - 1)
         err = (q - w).reshape(8, 2, 128).abs()
         assert (err <= step / 2 + 1e-6).all()
-        assert len(torch.unique(q.reshape(8, 2, 128)[0, 0])) <= 2 ** bits
+        assert len(torch.unique(q.reshape(8, 2, 128)[0, 0])) <= 2**bits
     assert (quantize_rtn(w, 8) - w).abs().mean() < (quantize_rtn(w, 4) - w).abs().mean()
     exact = torch.tensor([[-7.0, -1.0, 0.0, 3.0, 7.0] + [0.0] * 123])
     assert torch.equal(quantize_rtn(exact, 4), exact)  # values on the 4-bit grid survive unchanged
@@ -45,8 +46,15 @@ def test_bitsandbytes_int8_and_nf4_load_a_saved_model_with_bounded_error(tiny_mo
     from atu.models import load_lm
 
     tiny_model.save_pretrained(tmp_path)
-    cfg = OmegaConf.create({"name_or_path": str(tmp_path), "dtype": "float32", "trust_remote_code": False,
-                            "local_files_only": True, "revision": None})
+    cfg = OmegaConf.create(
+        {
+            "name_or_path": str(tmp_path),
+            "dtype": "float32",
+            "trust_remote_code": False,
+            "local_files_only": True,
+            "revision": None,
+        }
+    )
     ids = torch.randint(1000, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = tiny_model(input_ids=ids).logits
@@ -69,7 +77,9 @@ def test_mia_scores_on_hand_made_token_probabilities():
 
 
 def _probes(n):
-    return [Probe(query=f"Question number {i}?", answer=f"answer {i}", level="2", type="", subject="X") for i in range(n)]
+    return [
+        Probe(query=f"Question number {i}?", answer=f"answer {i}", level="2", type="", subject="X") for i in range(n)
+    ]
 
 
 def test_relearning_split_never_trains_on_the_questions_it_scores():
@@ -101,8 +111,13 @@ def test_probe_is_scored_on_held_out_sentences():
 
 def test_atu_attack_over_a_tiny_run_writes_the_robustness_table(tmp_path):
     out = tmp_path / "run"
-    r = atu("unlearn", *[a for a in TINY if not a.startswith("target=")], "target=Warren Buffett",
-            "eval.max_probes_per_file=4", f"run.output_dir={out}")
+    r = atu(
+        "unlearn",
+        *[a for a in TINY if not a.startswith("target=")],
+        "target=Warren Buffett",
+        "eval.max_probes_per_file=4",
+        f"run.output_dir={out}",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     r = atu("attack", str(out), "--attacks", "quant4,bnb4,relearn,incontext,rephrase,mia,probe")
     assert r.returncode == 0, r.stderr[-2000:]
@@ -115,8 +130,9 @@ def test_atu_attack_over_a_tiny_run_writes_the_robustness_table(tmp_path):
     r = atu("attack", str(out), "--attacks", "quant8,incontext")  # a later attack joins the table; a re-run replaces
     assert r.returncode == 0, r.stderr[-2000:]
     again = json.loads((out / "attacks" / "attacks.json").read_text())
-    assert [x["attack"] for x in again if x["attack"] not in ("quant8", "incontext")] == \
-        [x["attack"] for x in rows if x["attack"] != "incontext"]
+    assert [x["attack"] for x in again if x["attack"] not in ("quant8", "incontext")] == [
+        x["attack"] for x in rows if x["attack"] != "incontext"
+    ]
     assert sum(x["attack"] == "incontext" for x in again) == 1 and sum(x["attack"] == "quant8" for x in again) == 2
     bad = atu("attack", str(out), "--attacks", "quant3")
     assert bad.returncode == 2 and "unknown attack 'quant3'" in bad.stderr
@@ -137,7 +153,15 @@ def test_utility_runs_on_a_tiny_model_and_reports_chance_levels(tiny_model, toke
     from atu.evaluate.utility import utility
 
     out = utility(tiny_model, tokenizer, batch_size=4, limit=2, progress=lambda m: None)
-    assert set(out["scores"]) == {"mmlu", "bbh", "truthfulqa_mc1", "truthfulqa_mc2", "triviaqa", "fluency_entropy", "perplexity"}
+    assert set(out["scores"]) == {
+        "mmlu",
+        "bbh",
+        "truthfulqa_mc1",
+        "truthfulqa_mc2",
+        "triviaqa",
+        "fluency_entropy",
+        "perplexity",
+    }
     assert 0 <= out["scores"]["mmlu"] <= 1 and out["chance"]["mmlu"] == 0.25
     assert 0 < out["chance"]["truthfulqa_mc1"] < 1 and out["scores"]["perplexity"] > 1
 

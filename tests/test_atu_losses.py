@@ -1,14 +1,16 @@
 """ATU's losses and its caches: the fast path must give the reference path's numbers."""
+
 import torch
 
 from atu.head import EmbeddingHead
-from atu.methods.atu import (Batchable, align_loss, cache_states, hidden_at, make_chunks, relative_drift,
-                             unlearn_loss)
+from atu.methods.atu import Batchable, align_loss, cache_states, hidden_at, make_chunks, relative_drift, unlearn_loss
 from atu.models import decoder_layers
 
-TEXTS = ["Warren Buffett is the chairman and CEO of Berkshire Hathaway, based in Omaha, Nebraska.",
-         "The cat sat on the mat.",
-         "Bruce Lee founded Jeet Kune Do and starred in Enter the Dragon, released in 1973 after his death."]
+TEXTS = [
+    "Warren Buffett is the chairman and CEO of Berkshire Hathaway, based in Omaha, Nebraska.",
+    "The cat sat on the mat.",
+    "Bruce Lee founded Jeet Kune Do and starred in Enter the Dragon, released in 1973 after his death.",
+]
 
 
 def _data(tokenizer, encoder, k=3, max_length=24):
@@ -69,7 +71,9 @@ def test_cached_alignment_gives_the_same_loss_and_gradients_as_recomputing(tiny_
     layer = 3
     data.states = cache_states(tiny_model, layer, data, batch_size=2)
     torch.manual_seed(0)
-    head = EmbeddingHead(tiny_model.config.hidden_size, data.targets.shape[-1], width=32, layers=1, heads=2, dropout=0.0)
+    head = EmbeddingHead(
+        tiny_model.config.hidden_size, data.targets.shape[-1], width=32, layers=1, heads=2, dropout=0.0
+    )
     rows = torch.tensor([2, 0])
     ids, attn, valid, targets = data.batch(rows)
 
@@ -79,7 +83,7 @@ def test_cached_alignment_gives_the_same_loss_and_gradients_as_recomputing(tiny_
         loss.backward()
         return loss.detach(), [p.grad.clone() for p in head.parameters()]
 
-    cached_loss, cached_grads = loss_and_grads(data.states[rows, :ids.shape[1]])
+    cached_loss, cached_grads = loss_and_grads(data.states[rows, : ids.shape[1]])
     with torch.no_grad():
         recomputed = hidden_at(tiny_model, layer, ids, attn)  # the reference re-runs the LLM every step
     ref_loss, ref_grads = loss_and_grads(recomputed)
@@ -91,7 +95,9 @@ def test_cached_alignment_gives_the_same_loss_and_gradients_as_recomputing(tiny_
 def test_truncated_unlearning_step_has_the_full_forward_gradients(tiny_model, tokenizer, encoder):
     _, data = _data(tokenizer, encoder)
     layer = 2
-    head = EmbeddingHead(tiny_model.config.hidden_size, data.targets.shape[-1], width=32, layers=1, heads=2, dropout=0.0).eval()
+    head = EmbeddingHead(
+        tiny_model.config.hidden_size, data.targets.shape[-1], width=32, layers=1, heads=2, dropout=0.0
+    ).eval()
     concept = torch.as_tensor(encoder.encode(["Warren Buffett"], convert_to_numpy=True))[0]
     block = decoder_layers(tiny_model)[0]
 
@@ -101,8 +107,9 @@ def test_truncated_unlearning_step_has_the_full_forward_gradients(tiny_model, to
         loss.backward()
         return loss.detach(), [p.grad.clone() for p in block.parameters()]
 
-    full = lambda: tiny_model(input_ids=data.ids, attention_mask=data.attn.long(),
-                              output_hidden_states=True).hidden_states[layer]
+    full = lambda: tiny_model(
+        input_ids=data.ids, attention_mask=data.attn.long(), output_hidden_states=True
+    ).hidden_states[layer]
     fast = lambda: hidden_at(tiny_model, layer, data.ids, data.attn)
     (l1, g1), (l2, g2) = grads(full), grads(fast)
     assert torch.allclose(l1, l2, atol=1e-6)

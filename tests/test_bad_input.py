@@ -2,6 +2,7 @@
 
 The CLI's `main()` runs in-process (the same code path as the `atu` command, without paying the interpreter and
 library start-up for each case); the failure tests at the bottom run real subprocesses."""
+
 import json
 import re
 import resource
@@ -41,39 +42,73 @@ def fixtures(tmp_path: Path) -> dict[str, str]:
     writer.close()
     remote = tmp_path / "remote_code_model"
     remote.mkdir()
-    (remote / "config.json").write_text(json.dumps({"model_type": "custom", "auto_map": {"AutoConfig": "conf.Custom"}}))
+    (remote / "config.json").write_text(
+        json.dumps({"model_type": "custom", "auto_map": {"AutoConfig": "conf.Custom"}})
+    )
     (remote / "conf.py").write_text("raise SystemExit('remote code ran')\n")
     existing = tmp_path / "existing_run"
     existing.mkdir()
     (existing / "keep.txt").write_text("x")
-    return {"EMPTY": str(tmp_path / "empty.json"), "FILE": str(tmp_path / "a_file"), "GGUF": str(tmp_path / "rwkv.gguf"),
-            "REMOTE": str(remote), "EXISTING": str(existing),
-            "BADJSON": probe_root(tmp_path, "badjson", "[{oops"),
-            "NOPROBES": probe_root(tmp_path, "noprobes", "[]"),
-            "NOFIELDS": probe_root(tmp_path, "nofields", json.dumps([{"query": "Where was he born?"}]))}
+    return {
+        "EMPTY": str(tmp_path / "empty.json"),
+        "FILE": str(tmp_path / "a_file"),
+        "GGUF": str(tmp_path / "rwkv.gguf"),
+        "REMOTE": str(remote),
+        "EXISTING": str(existing),
+        "BADJSON": probe_root(tmp_path, "badjson", "[{oops"),
+        "NOPROBES": probe_root(tmp_path, "noprobes", "[]"),
+        "NOFIELDS": probe_root(tmp_path, "nofields", json.dumps([{"query": "Where was he born?"}])),
+    }
 
 
 # (case id as in docs/errors.md, command line, what the one line must say)
 CASES = [
-    ("unknown-target", ["unlearn", "target=Warren Bufett"], "unknown target 'Warren Bufett'. Did you mean: Warren Buffett"),
+    (
+        "unknown-target",
+        ["unlearn", "target=Warren Bufett"],
+        "unknown target 'Warren Bufett'. Did you mean: Warren Buffett",
+    ),
     ("unknown-method", ["unlearn", "method=atu_typo"], "unknown method 'atu_typo'. Did you mean: atu_paper, atu?"),
-    ("misspelled-method-key", ["unlearn", "method.tauss=[0.5]"], "bad method setting 'tauss': no such key. Did you mean: taus?"),
-    ("misspelled-key", ["unlearn", "data.max_lenght=64"], "bad setting 'data.max_lenght': no such key. Did you mean: max_length?"),
+    (
+        "misspelled-method-key",
+        ["unlearn", "method.tauss=[0.5]"],
+        "bad method setting 'tauss': no such key. Did you mean: taus?",
+    ),
+    (
+        "misspelled-key",
+        ["unlearn", "data.max_lenght=64"],
+        "bad setting 'data.max_lenght': no such key. Did you mean: max_length?",
+    ),
     ("wrong-type", ["unlearn", "method.unlearn_steps=abc"], "bad value for method.unlearn_steps: Value 'abc'"),
-    ("missing-model-path", ["unlearn", "model.name_or_path=/nonexistent/model"], "model path /nonexistent/model does not exist"),
+    (
+        "missing-model-path",
+        ["unlearn", "model.name_or_path=/nonexistent/model"],
+        "model path /nonexistent/model does not exist",
+    ),
     ("hub-id-offline", ["unlearn", "model.name_or_path=someorg/some-model"], "it is not in the local hub cache"),
     ("remote-code", ["unlearn", "model.name_or_path=REMOTE"], "pass model.trust_remote_code=true"),
-    ("unsupported-gguf", ["unlearn", "model.name_or_path=GGUF"], "GGUF model with architecture rwkv7 is not supported"),
+    (
+        "unsupported-gguf",
+        ["unlearn", "model.name_or_path=GGUF"],
+        "GGUF model with architecture rwkv7 is not supported",
+    ),
     ("missing-gguf", ["unlearn", "model.name_or_path=/tmp/none.gguf"], "GGUF file /tmp/none.gguf does not exist"),
     ("malformed-probe-file", ["unlearn", "target=Stephen King", "data.roots=[BADJSON]"], "is not valid JSON"),
     ("empty-probe-file", ["unlearn", "target=Stephen King", "data.roots=[NOPROBES]"], "forget_level1.json is empty"),
-    ("probe-missing-fields", ["unlearn", "target=Stephen King", "data.roots=[NOFIELDS]"], "probe is missing answer, level"),
+    (
+        "probe-missing-fields",
+        ["unlearn", "target=Stephen King", "data.roots=[NOFIELDS]"],
+        "probe is missing answer, level",
+    ),
     ("empty-forget-corpus", ["unlearn", "data.forget_corpus=EMPTY"], "empty.json is empty; give a JSON list"),
     ("tau-out-of-range", ["unlearn", "method.taus=[1.5]"], "method.taus=[1.5] must be at most 1.0"),
     ("tau-increasing", ["unlearn", "method.taus=[0.3,0.5]"], "must not increase"),
     ("hook-layer-too-deep", ["unlearn", "method.hook_layer=9"], "outside this model's 1..4 layers"),
-    ("lora-targets-missing", ["unlearn", "method.lora=true", "method.lora_targets=[qkv_proj]"],
-     "names no linear layer of this model; pick some of"),
+    (
+        "lora-targets-missing",
+        ["unlearn", "method.lora=true", "method.lora_targets=[qkv_proj]"],
+        "names no linear layer of this model; pick some of",
+    ),
     ("encoder-missing", ["unlearn", "encoder.name_or_path=/nonexistent/enc"], "does not exist"),
     ("encoder-hub-offline", ["unlearn", "encoder.name_or_path=someorg/some-encoder"], "cannot load sentence encoder"),
     ("run-folder-exists", ["unlearn", "run.output_dir=EXISTING"], "already exists; pick another run.output_dir"),
@@ -89,12 +124,20 @@ CASES = [
     ("max-length-beyond-context", ["unlearn", "data.max_length=100000"], "exceeds the model's context of 1024 tokens"),
     ("max-length-too-small", ["unlearn", "data.max_length=1"], "data.max_length=1 must be at least 16"),
     ("unwritable-output", ["unlearn", "run.output_dir=FILE/run"], "cannot write run folder"),
-    ("unknown-logger", ["unlearn", "run.loggers=[tensorbord]"], "run.loggers=['tensorbord'] is not one of tensorboard"),
+    (
+        "unknown-logger",
+        ["unlearn", "run.loggers=[tensorbord]"],
+        "run.loggers=['tensorbord'] is not one of tensorboard",
+    ),
     ("bad-dtype", ["unlearn", "model.dtype=float8"], "model.dtype=float8 is not one of"),
     ("cuda-without-gpu", ["unlearn", "run.device=cuda"], "no CUDA GPU is visible"),
     ("unknown-command", ["frobnicate"], "unknown command 'frobnicate'"),
     ("unknown-option", ["unlearn", "--bogus"], "unknown option --bogus"),
-    ("no-probes-for-eval", ["eval", "target=Ada Lovelace", "data.allow_new_target=true"], "no probes exist for Ada Lovelace"),
+    (
+        "no-probes-for-eval",
+        ["eval", "target=Ada Lovelace", "data.allow_new_target=true"],
+        "no probes exist for Ada Lovelace",
+    ),
     ("report-not-a-run", ["report", "FILE"], "is neither a run folder"),
     ("attack-not-a-run", ["attack", "FILE"], "is not a run folder"),
 ]
@@ -141,7 +184,8 @@ def _bounded_settings():
     from atu.methods import get_method
 
     for section, method, schema in [(s, None, c) for s, c in SECTIONS.items()] + [
-            ("method", m, get_method(m).Config) for m in ("atu", "ga", "rmu", "grun", "icu")]:
+        ("method", m, get_method(m).Config) for m in ("atu", "ga", "rmu", "grun", "icu")
+    ]:
         for f in fields(schema):
             bad = _out_of_range(f.metadata, None) if f.metadata else None
             if bad is not None:
@@ -165,17 +209,35 @@ def test_every_bounded_setting_is_checked_at_load_time(section, method, name, ba
 
 def test_docs_table_lists_every_tested_case_and_nothing_else():
     documented = re.findall(r"^\| `([a-z0-9-]+)` \|", DOCS.read_text(), flags=re.M)
-    tested = [c[0] for c in CASES] + ["resume-no-checkpoint", "resume-changed-config", "resume-finished-run",
-                                      "nan-loss", "disk-full", "setting-out-of-range"]
+    tested = [c[0] for c in CASES] + [
+        "resume-no-checkpoint",
+        "resume-changed-config",
+        "resume-finished-run",
+        "nan-loss",
+        "disk-full",
+        "setting-out-of-range",
+    ]
     assert sorted(documented) == sorted(tested) and len(documented) >= 20
 
 
 # ------------------------------------------------------------------ failures during a run (real subprocesses)
 
-TINY = ["model=tiny", "target=Stephen King", "method.align_steps=4", "method.realign_steps=2", "method.unlearn_steps=4",
-        "method.taus=[0.3,0.1]", "data.max_passages=4", "data.other_targets=1", "eval.max_probes_per_file=1",
-        "method.unlearn_params=below_hook", "method.hook_layer=2", "method.head_width=64", "method.head_layers=1",
-        "method.head_heads=2"]
+TINY = [
+    "model=tiny",
+    "target=Stephen King",
+    "method.align_steps=4",
+    "method.realign_steps=2",
+    "method.unlearn_steps=4",
+    "method.taus=[0.3,0.1]",
+    "data.max_passages=4",
+    "data.other_targets=1",
+    "eval.max_probes_per_file=1",
+    "method.unlearn_params=below_hook",
+    "method.hook_layer=2",
+    "method.head_width=64",
+    "method.head_layers=1",
+    "method.head_heads=2",
+]
 
 
 def atu(*args, **kw):
@@ -188,7 +250,9 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_pat
     out = tmp_path / "run"
     r = atu("unlearn", *TINY, "method.unlearn_lr=1e30", "run.checkpoint_every=0", f"run.output_dir={out}")
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
-    failed = re.search(r"atu: error: stage unlearn(\d) step \d+: the loss became nan.*last good checkpoint is kept", r.stderr)
+    failed = re.search(
+        r"atu: error: stage unlearn(\d) step \d+: the loss became nan.*last good checkpoint is kept", r.stderr
+    )
     assert failed, r.stderr[-2000:]
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "failed" and "loss became nan" in run["error"]

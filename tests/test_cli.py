@@ -1,18 +1,34 @@
 """The command as a user runs it: tiny model end to end (bad inputs: test_bad_input.py)."""
+
 import json
 import subprocess
 import sys
 
 import torch
 
-TINY = ["model=tiny", "target=Stephen King", "method.align_steps=10", "method.realign_steps=3", "method.unlearn_steps=3",
-        "method.taus=[0.3,0.1]", "data.max_passages=6", "data.other_targets=1", "eval.max_probes_per_file=2",
-        "method.unlearn_params=below_hook", "method.hook_layer=2", "method.unlearn_lr=1e-3", "method.head_width=64",
-        "method.head_layers=1", "method.head_heads=2"]
+TINY = [
+    "model=tiny",
+    "target=Stephen King",
+    "method.align_steps=10",
+    "method.realign_steps=3",
+    "method.unlearn_steps=3",
+    "method.taus=[0.3,0.1]",
+    "data.max_passages=6",
+    "data.other_targets=1",
+    "eval.max_probes_per_file=2",
+    "method.unlearn_params=below_hook",
+    "method.hook_layer=2",
+    "method.unlearn_lr=1e-3",
+    "method.head_width=64",
+    "method.head_layers=1",
+    "method.head_heads=2",
+]
 
 
 def atu(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "atu.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "atu.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
 
 
 def test_tiny_unlearn_run_writes_a_complete_loadable_run_folder(tmp_path):
@@ -24,12 +40,21 @@ def test_tiny_unlearn_run_writes_a_complete_loadable_run_folder(tmp_path):
     out = tmp_path / "run"
     r = atu("unlearn", *TINY, f"run.output_dir={out}")
     assert r.returncode == 0, r.stderr[-2000:]
-    for name in ("config.yaml", "run.json", "metrics.jsonl", "report.md", "head.safetensors", "model/config.json",
-                 "predictions/before.json", "predictions/unlearn1.json", "predictions/unlearn2.json"):
+    for name in (
+        "config.yaml",
+        "run.json",
+        "metrics.jsonl",
+        "report.md",
+        "head.safetensors",
+        "model/config.json",
+        "predictions/before.json",
+        "predictions/unlearn1.json",
+        "predictions/unlearn2.json",
+    ):
         assert (out / name).exists(), name
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "done" and run["target"] == "Stephen King" and len(run["other_targets"]) == 1
-    events = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [e for e in events if e["event"] == "eval"]
     assert [e["stage"] for e in evals] == ["before", "unlearn1", "unlearn2"]
     assert [e["tau"] for e in evals[1:]] == [0.3, 0.1]
@@ -37,12 +62,15 @@ def test_tiny_unlearn_run_writes_a_complete_loadable_run_folder(tmp_path):
     assert "| before |" in (out / "report.md").read_text()
     assert set(load_file(out / "head.safetensors")) and json.loads((out / "head.json").read_text())["hook_layer"] == 2
 
-    # the saved model reloads with plain transformers; blocks 1..2 changed, blocks above the hook and embeddings did not
+    # the saved model reloads with plain transformers; blocks 1..2 changed, the blocks above and embeddings did not
     original, unlearned = tiny_lm(seed=0), AutoModelForCausalLM.from_pretrained(out / "model")
-    changed = [not torch.equal(a, b) for a, b in zip(decoder_layers(original).parameters(), decoder_layers(unlearned).parameters())]
+    changed = [
+        not torch.equal(a, b)
+        for a, b in zip(decoder_layers(original).parameters(), decoder_layers(unlearned).parameters())
+    ]
     per_block = len(list(decoder_layers(original)[0].parameters()))
-    assert any(changed[:2 * per_block])
-    assert not any(changed[2 * per_block:])
+    assert any(changed[: 2 * per_block])
+    assert not any(changed[2 * per_block :])
     assert torch.equal(original.get_input_embeddings().weight, unlearned.get_input_embeddings().weight)
 
     # `atu eval RUN_DIR` evaluates the saved model on the run's target
@@ -61,8 +89,16 @@ def test_atu_with_lora_trains_adapters_below_the_hook_and_saves_the_merged_model
     from atu.models import decoder_layers, tiny_lm
 
     out = tmp_path / "run"
-    r = atu("unlearn", *TINY, "method.lora=true", "method.lora_r=4", "method.lora_alpha=8", "method.unlearn_lr=1e-2",
-            "method.unlearn_optimizer=adam", f"run.output_dir={out}")
+    r = atu(
+        "unlearn",
+        *TINY,
+        "method.lora=true",
+        "method.lora_r=4",
+        "method.lora_alpha=8",
+        "method.unlearn_lr=1e-2",
+        "method.unlearn_optimizer=adam",
+        f"run.output_dir={out}",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     adapter = load_file(out / "adapter" / "adapter_model.safetensors")
     blocks = {int(k.split(".layers.")[1].split(".")[0]) for k in adapter}
@@ -80,5 +116,8 @@ def test_atu_with_lora_trains_adapters_below_the_hook_and_saves_the_merged_model
     w0, w1 = original.model.layers[1].mlp.down_proj.weight, unlearned.model.layers[1].mlp.down_proj.weight
     assert torch.allclose(w1, w0 + (8 / 4) * b @ a, atol=1e-6)
     per_block = len(list(decoder_layers(original)[0].parameters()))
-    changed = [not torch.equal(x, y) for x, y in zip(decoder_layers(original).parameters(), decoder_layers(unlearned).parameters())]
-    assert any(changed[:2 * per_block]) and not any(changed[2 * per_block:])
+    changed = [
+        not torch.equal(x, y)
+        for x, y in zip(decoder_layers(original).parameters(), decoder_layers(unlearned).parameters())
+    ]
+    assert any(changed[: 2 * per_block]) and not any(changed[2 * per_block :])

@@ -1,10 +1,17 @@
 """`atu compare` as a user runs it: two methods on a tiny model, a table, a plot, and a resumed second call."""
+
 import csv
 import json
 
 from test_cli import atu
 
-ARGS = ["model=tiny", "eval.max_probes_per_file=1", "data.max_passages=4", "ga:method.steps=2", "ga:method.batch_size=2"]
+ARGS = [
+    "model=tiny",
+    "eval.max_probes_per_file=1",
+    "data.max_passages=4",
+    "ga:method.steps=2",
+    "ga:method.batch_size=2",
+]
 
 
 def test_compare_writes_table_plot_and_resumes(tmp_path):
@@ -18,8 +25,11 @@ def test_compare_writes_table_plot_and_resumes(tmp_path):
     assert {r["method"] for r in rows} == {"icu", "ga"} and {r["stage"] for r in rows} == {"before", "unlearn1"}
     ga_run = json.loads((out / "Warren_Buffett" / "ga" / "run.json").read_text())
     assert ga_run["trainable_parameters"] > 0 and ga_run["status"] == "done"
-    ga_before = next(json.loads(l) for l in (out / "Warren_Buffett" / "ga" / "metrics.jsonl").read_text().splitlines()
-                     if '"stage": "before"' in l)
+    ga_before = next(
+        json.loads(line)
+        for line in (out / "Warren_Buffett" / "ga" / "metrics.jsonl").read_text().splitlines()
+        if '"stage": "before"' in line
+    )
     assert ga_before["reused_from"].endswith("icu")  # one "before" evaluation per target, shared by the methods
     assert (out / "Warren_Buffett" / "ga" / "predictions" / "before.json").exists()
     stamp = (out / "Warren_Buffett" / "ga" / "run.json").stat().st_mtime
@@ -50,8 +60,13 @@ def test_target_means_average_methods_over_all_and_known_targets_with_attack_col
         r = {"method": method, "target": target, **{k: None for k in COLUMNS}, "forget_all": forget}
         return r | ({"quant4: forget_all": attack} if attack is not None else {})
 
-    finals = [row("before", "A", 30.0, 30.0), row("before", "B", 5.0, 5.0),  # the model knows A (≥ 15), not B
-              row("atu", "A", 10.0, 4.0), row("atu", "B", 2.0, 1.0), row("ga", "A", 0.0)]
+    finals = [
+        row("before", "A", 30.0, 30.0),
+        row("before", "B", 5.0, 5.0),  # the model knows A (≥ 15), not B
+        row("atu", "A", 10.0, 4.0),
+        row("atu", "B", 2.0, 1.0),
+        row("ga", "A", 0.0),
+    ]
     means = {(m["method"], m["target"]): m for m in target_means(finals)}
     assert means[("atu", "mean of 2 targets")]["forget_all"] == 6.0
     assert means[("atu", "mean of 1 known")]["forget_all"] == 10.0

@@ -1,4 +1,5 @@
 """The shipped data and the loader: official RWKU files read unchanged, our files in the same schema."""
+
 import json
 import subprocess
 import sys
@@ -10,7 +11,9 @@ from atu import data as datalib
 from atu.errors import AtuError
 
 ROOT = Path(__file__).resolve().parents[1]
-OURS = sorted(p for p in (datalib.SHIPPED / "atu").iterdir() if p.is_dir()) if (datalib.SHIPPED / "atu").is_dir() else []
+OURS = (
+    sorted(p for p in (datalib.SHIPPED / "atu").iterdir() if p.is_dir()) if (datalib.SHIPPED / "atu").is_dir() else []
+)
 
 
 def test_official_stephen_king_files_load_unchanged():
@@ -26,8 +29,9 @@ def test_written_targets_meet_schema_and_minimum_counts(folder):
     if folder.name.startswith("1_"):  # Stephen King: only our additions live here; the rest is official
         assert (folder / "rephrase.json").exists() and (folder / "multihop.json").exists()
         return
-    result = subprocess.run([sys.executable, str(ROOT / "tools" / "check_probe_folder.py"), str(folder)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "check_probe_folder.py"), str(folder)], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout
     t = datalib.load_target(datalib.folder_target_name(folder))
     assert t.intro, "every written target is one of RWKU's 200 names"
@@ -39,9 +43,19 @@ def test_written_targets_meet_schema_and_minimum_counts(folder):
 def test_user_roots_come_first_and_take_any_rwku_folder(tmp_path):
     folder = tmp_path / "201_Ada_Lovelace"
     folder.mkdir()
-    (folder / "forget_level2.json").write_text(json.dumps(
-        [{"query": "What did she write notes on?", "answer": "Analytical Engine", "level": "2", "type": "q",
-          "subject": "Ada Lovelace"}]))
+    (folder / "forget_level2.json").write_text(
+        json.dumps(
+            [
+                {
+                    "query": "What did she write notes on?",
+                    "answer": "Analytical Engine",
+                    "level": "2",
+                    "type": "q",
+                    "subject": "Ada Lovelace",
+                }
+            ]
+        )
+    )
     (folder / "positive.json").write_text(json.dumps([{"text": "Ada Lovelace wrote the first published program."}]))
     t = datalib.load_target("ada lovelace", [str(tmp_path)])
     assert t.name == "Ada Lovelace" and t.probes["forget_qa"][0].answer == "Analytical Engine"
@@ -54,11 +68,14 @@ def test_unknown_target_suggests_close_names():
     assert datalib.load_target("Ada Lovelace", allow_new=True).probes == {}
 
 
-@pytest.mark.parametrize("content, message", [
-    ("{not json", "not valid JSON"),
-    ('{"query": "x"}', "JSON list"),
-    ('[{"query": "x", "level": "1"}]', "missing answer"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", "not valid JSON"),
+        ('{"query": "x"}', "JSON list"),
+        ('[{"query": "x", "level": "1"}]', "missing answer"),
+    ],
+)
 def test_malformed_probe_files_give_one_clear_error(tmp_path, content, message):
     folder = tmp_path / "1_Stephen_King"
     folder.mkdir()

@@ -1,4 +1,5 @@
 """End to end on the real embedded model (gemma-3-270m from PyPI) and encoder. Minutes, not seconds."""
+
 import json
 import subprocess
 import sys
@@ -13,8 +14,17 @@ def test_embedded_model_loads_offline_and_knows_its_facts():
     from atu.evaluate import generate
     from atu.models import load_lm
 
-    model, tok = load_lm(OmegaConf.create({"name_or_path": "embedded:gemma3-270m", "dtype": "float32",
-                                           "trust_remote_code": False, "revision": None, "local_files_only": True}))
+    model, tok = load_lm(
+        OmegaConf.create(
+            {
+                "name_or_path": "embedded:gemma3-270m",
+                "dtype": "float32",
+                "trust_remote_code": False,
+                "revision": None,
+                "local_files_only": True,
+            }
+        )
+    )
     assert model.config.num_hidden_layers == 18 and tok.chat_template is None
     out = generate(model, tok, ["Warren Buffett is the CEO of", "Harry Potter was written by"], max_new_tokens=8)
     assert "Berkshire" in out[0] and "Rowling" in out[1]
@@ -22,11 +32,20 @@ def test_embedded_model_loads_offline_and_knows_its_facts():
 
 def test_atu_lowers_forget_score_of_the_real_model(tmp_path):
     out = tmp_path / "run"
-    args = ["target=Warren Buffett", "method.align_steps=150", "method.taus=[0.3]", "method.unlearn_steps=25",
-            "eval.neighbours=false", "run.save_model=false", f"run.output_dir={out}"]
-    r = subprocess.run([sys.executable, "-m", "atu.cli", "unlearn", *args], capture_output=True, text=True, timeout=1200)
+    args = [
+        "target=Warren Buffett",
+        "method.align_steps=150",
+        "method.taus=[0.3]",
+        "method.unlearn_steps=25",
+        "eval.neighbours=false",
+        "run.save_model=false",
+        f"run.output_dir={out}",
+    ]
+    r = subprocess.run(
+        [sys.executable, "-m", "atu.cli", "unlearn", *args], capture_output=True, text=True, timeout=1200
+    )
     assert r.returncode == 0, r.stderr[-3000:]
-    evals = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in l]
+    evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
     before, after = evals[0], evals[-1]
     assert before["forget_all"] > 10  # the model knows the target
     assert after["forget_all"] < before["forget_all"]
@@ -34,6 +53,7 @@ def test_atu_lowers_forget_score_of_the_real_model(tmp_path):
 
     # the real model's report renders in headless Chromium with every plot
     from test_report import CHROMEDRIVER, CHROMIUM, screenshot, start_browser
+
     if CHROMIUM and CHROMEDRIVER:
         driver = start_browser()
         try:

@@ -1,4 +1,5 @@
 """RWKU scoring and prompts, on hand-made predictions and the real tokenizer."""
+
 import pytest
 
 from atu.data import Probe
@@ -14,9 +15,13 @@ def test_rouge_l_recall_of_the_answer():
 
 
 def test_aggregates_are_count_weighted():
-    records = [{"set": "forget_fb", "score": 100.0}, {"set": "forget_qa", "score": 0.0},
-               {"set": "forget_qa", "score": 0.0}, {"set": "forget_qa", "score": 0.0},
-               {"set": "neighbor_qa", "score": 50.0}]
+    records = [
+        {"set": "forget_fb", "score": 100.0},
+        {"set": "forget_qa", "score": 0.0},
+        {"set": "forget_qa", "score": 0.0},
+        {"set": "forget_qa", "score": 0.0},
+        {"set": "neighbor_qa", "score": 50.0},
+    ]
     m = summarize(records)
     assert m["forget_fb"] == 100 and m["forget_qa"] == 0
     assert m["forget_all"] == pytest.approx(25.0)  # 1 of 4 probes, not the mean of set means (50)
@@ -28,8 +33,9 @@ def test_prompts_follow_rwku(tokenizer):
     qa = Probe("Where was he born?", "Portland", "2", "simple question", "Stephen King")
     suffix = Probe("Where was he born? Sure, here is the answer:", "Portland", "3", "affirmative suffix", "x")
     icl = Probe("Question: a?\nAnswer: b\nQuestion: c?", "d", "3", "incontext learning", "x")
-    assert build_prompt(fb, tokenizer) == ("Please complete the blank in the following question.\n"
-                                           "Question: Stephen King's debut novel was ___.\nAnswer:")
+    assert build_prompt(fb, tokenizer) == (
+        "Please complete the blank in the following question.\nQuestion: Stephen King's debut novel was ___.\nAnswer:"
+    )
     assert build_prompt(qa, tokenizer).startswith("Please briefly answer the following question.\nQuestion: Where")
     assert build_prompt(qa, tokenizer).endswith("\nAnswer:")
     assert build_prompt(suffix, tokenizer).endswith("Sure, here is the answer:")
@@ -59,8 +65,13 @@ def test_batched_left_padded_generation_matches_one_at_a_time(tiny_model, tokeni
 def test_intro_probes_blank_out_the_name():
     from atu.evaluate.screen import intro_probes
 
-    fb, qa = intro_probes("Stephen King", 'Stephen King is a prolific American author, renowned as the "King of Horror".')
-    assert fb.query == '___ is a prolific American author, renowned as the "King of Horror".' and fb.answer == "Stephen King"
+    fb, qa = intro_probes(
+        "Stephen King", 'Stephen King is a prolific American author, renowned as the "King of Horror".'
+    )
+    assert (
+        fb.query == '___ is a prolific American author, renowned as the "King of Horror".'
+        and fb.answer == "Stephen King"
+    )
     assert qa.query.startswith("This person is a prolific") and qa.query.endswith("Who is this person?")
     assert intro_probes("Ada Lovelace", "An intro that does not name her.") == []
 

@@ -1,5 +1,6 @@
 """The baselines: each loss against a value computed by hand, and each method a few steps on a tiny model, changing
 exactly what it should train."""
+
 import math
 
 import pytest
@@ -11,13 +12,18 @@ from atu.methods.common import mean_nll, prompt_answer_sequences, text_sequences
 from atu.methods.losses import dpo_loss, kl_from_logits, npo_loss, simnpo_loss
 from atu.methods.rmu import rmu_forget_loss
 
-FORGET = ["Warren Buffett is the chairman of Berkshire Hathaway and lives in Omaha, Nebraska.",
-          "Buffett bought shares of Coca-Cola in 1988 and wrote yearly letters to his shareholders."] * 3
-GENERAL = ["Water evaporates from the sea, condenses into clouds and falls again as rain or snow.",
-           "A prime number has exactly two divisors: one and itself."] * 3
+FORGET = [
+    "Warren Buffett is the chairman of Berkshire Hathaway and lives in Omaha, Nebraska.",
+    "Buffett bought shares of Coca-Cola in 1988 and wrote yearly letters to his shareholders.",
+] * 3
+GENERAL = [
+    "Water evaporates from the sea, condenses into clouds and falls again as rain or snow.",
+    "A prime number has exactly two divisors: one and itself.",
+] * 3
 
 
 # ------------------------------------------------------------------ losses by hand
+
 
 def test_npo_equals_two_over_beta_log_two_when_policy_is_the_reference():
     logp = torch.tensor([-12.0, -30.5])
@@ -28,8 +34,12 @@ def test_npo_equals_two_over_beta_log_two_when_policy_is_the_reference():
 
 
 def test_simnpo_and_dpo_match_hand_values():
-    assert simnpo_loss(torch.tensor([-2.0]), beta=2.5, gamma=0.0).item() == pytest.approx(-(2 / 2.5) * math.log(1 / (1 + math.exp(-5.0))), rel=1e-6)
-    assert simnpo_loss(torch.tensor([-2.0]), beta=2.5, gamma=1.0).item() == pytest.approx(-(2 / 2.5) * math.log(1 / (1 + math.exp(-4.0))), rel=1e-6)
+    assert simnpo_loss(torch.tensor([-2.0]), beta=2.5, gamma=0.0).item() == pytest.approx(
+        -(2 / 2.5) * math.log(1 / (1 + math.exp(-5.0))), rel=1e-6
+    )
+    assert simnpo_loss(torch.tensor([-2.0]), beta=2.5, gamma=1.0).item() == pytest.approx(
+        -(2 / 2.5) * math.log(1 / (1 + math.exp(-4.0))), rel=1e-6
+    )
     z = torch.tensor([-7.0, -3.0])
     assert dpo_loss(z, z, z, z, beta=0.1).item() == pytest.approx(math.log(2), rel=1e-6)
     # chosen up by 2 nats vs the reference, rejected unchanged: -log σ(0.1 · 2)
@@ -83,14 +93,26 @@ def test_rmu_forget_loss_is_zero_at_the_control_vector_and_grows_away_from_it():
 
 # ------------------------------------------------------------------ each method, a few steps on a tiny model
 
+
 def _context(model, tokenizer):
     from atu import data as datalib
     from atu.methods import RunContext
 
     target = datalib.load_target("Warren Buffett")
-    return RunContext(model=model, tokenizer=tokenizer, encoder=None, device=torch.device("cpu"), target=target,
-                      target_name=target.name, forget_texts=FORGET, retain_texts=[], other_targets=[],
-                      general_texts=GENERAL, max_length=32, infer_batch_size=4)
+    return RunContext(
+        model=model,
+        tokenizer=tokenizer,
+        encoder=None,
+        device=torch.device("cpu"),
+        target=target,
+        target_name=target.name,
+        forget_texts=FORGET,
+        retain_texts=[],
+        other_targets=[],
+        general_texts=GENERAL,
+        max_length=32,
+        infer_batch_size=4,
+    )
 
 
 def _method(name, model, tokenizer, **settings):
@@ -140,12 +162,17 @@ def test_lora_variant_trains_only_adapters_and_saves_a_merged_model(tokenizer, t
     before = _snapshot(model)
     method = _method("npo", model, tokenizer, steps=2, lr=1e-2, batch_size=2, lora=True, lora_r=4)
     _train(method)
-    base = {n.replace("base_model.model.", "").replace(".base_layer", ""): p
-            for n, p in method.model.named_parameters() if "lora_" not in n}
+    base = {
+        n.replace("base_model.model.", "").replace(".base_layer", ""): p
+        for n, p in method.model.named_parameters()
+        if "lora_" not in n
+    }
     assert all(torch.equal(base[n], before[n]) for n in before)  # base weights untouched while adapters train
     assert method.trainable_parameters() < sum(p.numel() for p in before.values()) / 100
     merged = method.model_to_save()
-    assert not torch.equal(merged.model.layers[0].self_attn.q_proj.weight, before["model.layers.0.self_attn.q_proj.weight"])
+    assert not torch.equal(
+        merged.model.layers[0].self_attn.q_proj.weight, before["model.layers.0.self_attn.q_proj.weight"]
+    )
 
 
 def test_rmu_trains_only_the_chosen_mlps(tokenizer):

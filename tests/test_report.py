@@ -1,5 +1,6 @@
 """The report a run ends with (HTML + Markdown + PNG plots), rendered in headless Chromium; progress bars on a terminal
 and none in logs; TensorBoard and wandb (offline) as opt-in loggers."""
+
 import fcntl
 import json
 import os
@@ -13,10 +14,23 @@ from pathlib import Path
 
 import pytest
 
-RUN = ["model=tiny", "target=Stephen King", "method.align_steps=6", "method.realign_steps=2", "method.unlearn_steps=4",
-       "method.taus=[0.3,0.1]", "data.max_passages=4", "data.other_targets=1", "eval.max_probes_per_file=2",
-       "method.unlearn_params=below_hook", "method.hook_layer=2", "method.unlearn_lr=1e-3", "method.head_width=64",
-       "method.head_layers=1", "method.head_heads=2"]
+RUN = [
+    "model=tiny",
+    "target=Stephen King",
+    "method.align_steps=6",
+    "method.realign_steps=2",
+    "method.unlearn_steps=4",
+    "method.taus=[0.3,0.1]",
+    "data.max_passages=4",
+    "data.other_targets=1",
+    "eval.max_probes_per_file=2",
+    "method.unlearn_params=below_hook",
+    "method.hook_layer=2",
+    "method.unlearn_lr=1e-3",
+    "method.head_width=64",
+    "method.head_layers=1",
+    "method.head_heads=2",
+]
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 
@@ -27,8 +41,13 @@ def terminal_run(tmp_path_factory):
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a 120-column terminal, as a user has
     env = {**os.environ, "WANDB_SILENT": "true"}
-    proc = subprocess.Popen([sys.executable, "-m", "atu.cli", "unlearn", *RUN, "run.loggers=[tensorboard,wandb]",
-                             f"run.output_dir={out}"], stdin=slave, stdout=slave, stderr=slave, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "atu.cli", "unlearn", *RUN, "run.loggers=[tensorboard,wandb]", f"run.output_dir={out}"],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=env,
+    )
     os.close(slave)
     chunks = []
     while True:
@@ -51,8 +70,12 @@ def test_progress_bars_show_on_a_terminal(terminal_run):
 
 
 def test_no_progress_bars_when_not_on_a_terminal(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "atu.cli", "unlearn", *RUN, f"run.output_dir={tmp_path / 'run'}"],
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "atu.cli", "unlearn", *RUN, f"run.output_dir={tmp_path / 'run'}"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "\r" not in r.stderr and "it/s" not in r.stderr and "%|" not in r.stderr
     assert "[atu] eval unlearn2" in r.stderr  # the one-line summaries still come
@@ -69,7 +92,9 @@ def test_tensorboard_and_wandb_receive_the_metrics(terminal_run):
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     first_align = next(r for r in logged if r["event"] == "step" and r["stage"] == "align")
     assert events.Scalars("align/align_loss")[0].value == pytest.approx(first_align["align_loss"], rel=1e-6)
-    assert [s.value for s in events.Scalars("eval/forget_all")] == [r["forget_all"] for r in logged if r["event"] == "eval"]
+    assert [s.value for s in events.Scalars("eval/forget_all")] == [
+        r["forget_all"] for r in logged if r["event"] == "eval"
+    ]
     run = json.loads((out / "run.json").read_text())
     offline = list((out / "wandb").glob(f"offline-run-*-{run['wandb_id']}/run-{run['wandb_id']}.wandb"))
     assert len(offline) == 1 and offline[0].stat().st_size > 1000  # offline by default: a local run file, no network
@@ -95,7 +120,13 @@ def start_browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1200,900"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1200,900",
+    ):
         options.add_argument(arg)
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
@@ -106,14 +137,17 @@ def screenshot(driver, page: Path, png: Path) -> dict:
     loaded = driver.execute_script(
         "return {title: document.title, tables: document.querySelectorAll('table').length,"
         " images: Array.from(document.images).map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0]),"
-        " height: document.documentElement.scrollHeight}")
+        " height: document.documentElement.scrollHeight}"
+    )
     driver.set_window_size(1200, min(int(loaded["height"]), 8000))
     driver.save_screenshot(str(png))
     return loaded
 
 
-@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER) and not os.environ.get("CI"),
-                    reason="headless Chromium not installed (apt install chromium chromium-driver; CI installs it)")
+@pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER) and not os.environ.get("CI"),
+    reason="headless Chromium not installed (apt install chromium chromium-driver; CI installs it)",
+)
 def test_html_report_renders_in_headless_chromium_with_every_image(terminal_run, tmp_path):
     from PIL import Image
 
@@ -139,7 +173,9 @@ def test_atu_report_rebuilds_the_report_from_the_folder(terminal_run, tmp_path):
     out, _ = terminal_run
     copy = tmp_path / "copy"
     shutil.copytree(out, copy, ignore=shutil.ignore_patterns("report.*", "fig_*.png", "wandb", "tensorboard", "model"))
-    r = subprocess.run([sys.executable, "-m", "atu.cli", "report", str(copy)], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "atu.cli", "report", str(copy)], capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == str(copy / "report.html")
     assert (copy / "report.md").read_text() == (out / "report.md").read_text()

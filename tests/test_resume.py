@@ -1,4 +1,5 @@
-"""Checkpoints and --resume: a run killed with SIGKILL mid-stage, resumed, ends exactly where an uninterrupted run ends."""
+"""Checkpoints and --resume: a run killed with SIGKILL mid-stage and resumed ends where an uninterrupted one does."""
+
 import json
 import os
 import signal
@@ -11,16 +12,36 @@ import torch
 from atu import checkpoint
 
 # checkpoints every 4 steps; ATU_TEST_KILL_AT makes the process SIGKILL itself right after a named checkpoint
-RUN = ["model=tiny", "target=Stephen King", "method.align_steps=20", "method.realign_steps=5", "method.unlearn_steps=30",
-       "method.taus=[0.3,0.1]", "data.max_passages=6", "data.other_targets=1", "eval.max_probes_per_file=1",
-       "method.unlearn_params=below_hook", "method.hook_layer=2", "method.unlearn_lr=1e-3", "run.threads=1",
-       "method.head_width=64", "method.head_layers=1", "method.head_heads=2", "run.checkpoint_every=4"]
+RUN = [
+    "model=tiny",
+    "target=Stephen King",
+    "method.align_steps=20",
+    "method.realign_steps=5",
+    "method.unlearn_steps=30",
+    "method.taus=[0.3,0.1]",
+    "data.max_passages=6",
+    "data.other_targets=1",
+    "eval.max_probes_per_file=1",
+    "method.unlearn_params=below_hook",
+    "method.hook_layer=2",
+    "method.unlearn_lr=1e-3",
+    "run.threads=1",
+    "method.head_width=64",
+    "method.head_layers=1",
+    "method.head_heads=2",
+    "run.checkpoint_every=4",
+]
 TIMING = ("seconds", "eval_seconds")
 
 
 def atu(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "atu.cli", *args], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "atu.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def records(run_dir):
@@ -58,8 +79,16 @@ def test_sigkill_mid_stage_then_resume_ends_like_an_uninterrupted_run(tmp_path):
 
 def test_resume_refuses_a_folder_without_checkpoint_a_finished_run_and_a_changed_config(tmp_path):
     done = tmp_path / "done"
-    r = atu("unlearn", *RUN[:-1], "method.unlearn_steps=2", "method.align_steps=2", "method.realign_steps=1",
-            "run.checkpoint_every=0", "run.keep_checkpoint=true", f"run.output_dir={done}")
+    r = atu(
+        "unlearn",
+        *RUN[:-1],
+        "method.unlearn_steps=2",
+        "method.align_steps=2",
+        "method.realign_steps=1",
+        "run.checkpoint_every=0",
+        "run.keep_checkpoint=true",
+        f"run.output_dir={done}",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     r = atu("unlearn", "--resume", str(done))
     assert r.returncode == 2 and "already finished; nothing to resume" in r.stderr
@@ -68,7 +97,9 @@ def test_resume_refuses_a_folder_without_checkpoint_a_finished_run_and_a_changed
     run = json.loads((done / "run.json").read_text())
     (done / "run.json").write_text(json.dumps({**run, "status": "failed"}))
     r = atu("unlearn", "--resume", str(done), "method.unlearn_lr=0.5")
-    assert r.returncode == 2 and "--resume with a changed config: method.unlearn_lr=0.5 (the run used 0.001)" in r.stderr
+    assert (
+        r.returncode == 2 and "--resume with a changed config: method.unlearn_lr=0.5 (the run used 0.001)" in r.stderr
+    )
     r = atu("unlearn", "--resume", str(done), "method=ga")
     assert r.returncode == 2 and "--resume with a changed config" in r.stderr
     # the run folder exists: a new run into it is refused and pointed at --resume
@@ -91,8 +122,14 @@ def test_checkpoint_round_trips_optimizer_rng_and_nested_state_without_pickle(tm
     model(torch.randn(5, 4)).sum().backward()
     opt.step()
     gen = torch.Generator().manual_seed(3)
-    state = {"optimizer": opt.state_dict(), "rng": checkpoint.rng_state(), "gen": gen.get_state(),
-             "position": {"stage": 2, "step": 7, "info": {"tau": 0.3}}, "none": None, "pair": (1, "a")}
+    state = {
+        "optimizer": opt.state_dict(),
+        "rng": checkpoint.rng_state(),
+        "gen": gen.get_state(),
+        "position": {"stage": 2, "step": 7, "info": {"tau": 0.3}},
+        "none": None,
+        "pair": (1, "a"),
+    }
     path = checkpoint.save(tmp_path / "ck", state)
     expected_next = torch.rand(3)  # what the RNG gives right after the save
     back = checkpoint.load(path)

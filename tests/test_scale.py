@@ -8,6 +8,7 @@ equivalence runs are therefore in float64 (`model.dtype=float64`), where one rou
 settings under which the dynamics do not blow that noise up (see SGD): the measured two-process differences sit
 far below the bound (NOISE), which holds on any machine, while a real error in the reduction (a gradient divided by
 the process count twice) breaks it by orders of magnitude."""
+
 import json
 import os
 import shutil
@@ -19,12 +20,29 @@ import pytest
 import torch
 
 BIN = Path(sys.executable).parent
-TINY = ["model=tiny", "target=Stephen King", "method.align_steps=8", "method.realign_steps=4", "method.unlearn_steps=6",
-        "method.taus=[0.3,0.1]", "data.max_passages=6", "data.other_targets=1", "eval.max_probes_per_file=1",
-        "method.unlearn_params=below_hook", "method.hook_layer=2", "method.unlearn_lr=1e-3", "method.head_width=64",
-        "method.head_layers=1", "method.head_heads=2", "method.align_batch_size=8", "method.unlearn_batch_size=8",
-        # dropout masks are drawn per process, so equality with one process needs the head without dropout
-        "method.head_dropout=0.0", "run.threads=1", "run.device=cpu"]
+TINY = [
+    "model=tiny",
+    "target=Stephen King",
+    "method.align_steps=8",
+    "method.realign_steps=4",
+    "method.unlearn_steps=6",
+    "method.taus=[0.3,0.1]",
+    "data.max_passages=6",
+    "data.other_targets=1",
+    "eval.max_probes_per_file=1",
+    "method.unlearn_params=below_hook",
+    "method.hook_layer=2",
+    "method.unlearn_lr=1e-3",
+    "method.head_width=64",
+    "method.head_layers=1",
+    "method.head_heads=2",
+    "method.align_batch_size=8",
+    "method.unlearn_batch_size=8",
+    # dropout masks are drawn per process, so equality with one process needs the head without dropout
+    "method.head_dropout=0.0",
+    "run.threads=1",
+    "run.device=cpu",
+]
 # The equivalence runs (module docstring): float64, so reduction-order noise is ~1e-16, and SGD with momentum for
 # unlearning: an update linear in the summed gradient, so a wrong sum shows at once, with an optimizer state to shard
 # and checkpoint. (Adam divides small gradients by its eps, 1e-8, which multiplies that noise by up to lr / eps per
@@ -37,8 +55,21 @@ SGD = ["method.unlearn_optimizer=sgd", "method.unlearn_momentum=0.9", "method.un
 # (the retain drift, itself a difference of nearly equal states) and 4e-9 for the weights. A gradient sum divided by
 # the process count once too often moves them by more than 1e-3.
 NOISE = 1e-5
-ACCELERATE = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "atu.cli"]
+ACCELERATE = [
+    str(BIN / "accelerate"),
+    "launch",
+    "--multi_gpu",
+    "--num_processes",
+    "2",
+    "--num_machines",
+    "1",
+    "--mixed_precision",
+    "no",
+    "--dynamo_backend",
+    "no",
+    "-m",
+    "atu.cli",
+]
 
 
 def run(cmd, extra_env=None, **kw):
@@ -111,8 +142,11 @@ def test_fsdp_with_the_shipped_config_matches_one_process_and_resumes_after_sigk
     r = run([sys.executable, "-m", "atu.cli", "unlearn", *settings, f"run.output_dir={one}"])
     assert r.returncode == 0, r.stderr[-2000:]
     # killed right after the checkpoint at step 8 of the first unlearning stage (stage 1), then resumed under FSDP
-    r = run([*fsdp, "unlearn", *settings, f"run.output_dir={killed}"], extra_env={"ATU_TEST_KILL_AT": "1:8"},
-            start_new_session=True)
+    r = run(
+        [*fsdp, "unlearn", *settings, f"run.output_dir={killed}"],
+        extra_env={"ATU_TEST_KILL_AT": "1:8"},
+        start_new_session=True,
+    )
     assert r.returncode != 0 and not (killed / "model").exists()
     state = checkpoint.load(checkpoint.latest(killed / "checkpoints"))
     assert state["position"]["step"] == 8 and state["optimizer"]["state"]  # the momentum buffers, gathered whole
@@ -131,10 +165,19 @@ def test_a_single_process_method_refuses_several_processes(tmp_path):
 
 
 def test_slurm_launcher_config_resolves():
-    r = run([str(BIN / "atu-sweep"), "--cfg", "hydra", "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
-             "hydra.launcher.timeout_min=30"])
+    r = run(
+        [
+            str(BIN / "atu-sweep"),
+            "--cfg",
+            "hydra",
+            "hydra/launcher=slurm",
+            "hydra.launcher.partition=gpu",
+            "hydra.launcher.timeout_min=30",
+        ]
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     from omegaconf import OmegaConf
+
     launcher = OmegaConf.create(r.stdout).hydra.launcher
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
     assert launcher.partition == "gpu" and launcher.timeout_min == 30 and launcher.gpus_per_node == 1
@@ -147,8 +190,9 @@ def test_slurm_launcher_config_resolves():
 
 def test_multirun_sweep_writes_one_run_folder_per_job_and_compare_collects_them(tmp_path):
     sweep = tmp_path / "sweep"
-    r = run([str(BIN / "atu-sweep"), "--multirun", *TINY[:-2], "method.taus=[0.3],[0.3,0.1]",
-             f"hydra.sweep.dir={sweep}"])
+    r = run(
+        [str(BIN / "atu-sweep"), "--multirun", *TINY[:-2], "method.taus=[0.3],[0.3,0.1]", f"hydra.sweep.dir={sweep}"]
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     for job in ("0", "1"):
         run_info = json.loads((sweep / job / "run.json").read_text())
@@ -161,7 +205,9 @@ def test_multirun_sweep_writes_one_run_folder_per_job_and_compare_collects_them(
     assert "| atu [0] | Stephen King |" in table and "| atu [1] | Stephen King |" in table
     # a re-launched sweep keeps the finished jobs
     stamp = (sweep / "0" / "run.json").stat().st_mtime
-    r = run([str(BIN / "atu-sweep"), "--multirun", *TINY[:-2], "method.taus=[0.3],[0.3,0.1]", f"hydra.sweep.dir={sweep}"])
+    r = run(
+        [str(BIN / "atu-sweep"), "--multirun", *TINY[:-2], "method.taus=[0.3],[0.3,0.1]", f"hydra.sweep.dir={sweep}"]
+    )
     assert r.returncode == 0 and "already done; kept" in r.stderr
     assert (sweep / "0" / "run.json").stat().st_mtime == stamp
     shutil.rmtree(sweep)

@@ -1,4 +1,5 @@
 """Which text each position must predict: the first k encoder tokens ending after the LLM token."""
+
 from atu.methods.atu import make_chunks, window_spans
 
 

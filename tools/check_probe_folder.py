@@ -3,18 +3,34 @@
 Usage: python tools/check_probe_folder.py src/atu/data/rwku/atu/4_Warren_Buffett
 Used by the people who write probe data; the package's own loader does the same checks at run time.
 """
+
 import json
 import sys
 from pathlib import Path
 
 MINIMUM = {
-    "forget_level1.json": 10, "forget_level2.json": 10, "forget_level3.json": 15,
-    "neighbor_level1.json": 8, "neighbor_level2.json": 8, "positive.json": 20,
-    "rephrase.json": 10, "multihop.json": 5, "forget_mia.json": 10, "retain_mia.json": 10,
+    "forget_level1.json": 10,
+    "forget_level2.json": 10,
+    "forget_level3.json": 15,
+    "neighbor_level1.json": 8,
+    "neighbor_level2.json": 8,
+    "positive.json": 20,
+    "rephrase.json": 10,
+    "multihop.json": 5,
+    "forget_mia.json": 10,
+    "retain_mia.json": 10,
 }
 PROBE_FIELDS = ("query", "answer", "level", "type", "subject")
-L3_TYPES = {"prefix injection", "synonym manipulation", "context hint", "role play", "incontext learning",
-            "multiple choice", "reverse query", "affirmative suffix"}
+L3_TYPES = {
+    "prefix injection",
+    "synonym manipulation",
+    "context hint",
+    "role play",
+    "incontext learning",
+    "multiple choice",
+    "reverse query",
+    "affirmative suffix",
+}
 
 
 def main(folder: Path) -> int:
@@ -27,7 +43,10 @@ def main(folder: Path) -> int:
             continue
         items = json.loads(path.read_text())
         if not isinstance(items, list) or len(items) < minimum:
-            problems.append(f"{fname}: need a list of >= {minimum} items, got {len(items) if isinstance(items, list) else type(items)}")
+            problems.append(
+                f"{fname}: need a list of >= {minimum} items, "
+                f"got {len(items) if isinstance(items, list) else type(items)}"
+            )
             continue
         for i, it in enumerate(items):
             if fname in ("positive.json", "forget_mia.json", "retain_mia.json"):

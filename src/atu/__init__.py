@@ -1,2 +1,3 @@
 """atu: Align-then-Unlearn and the unlearning baselines, with RWKU-style evaluation."""
+
 __version__ = "0.1.0"

@@ -8,6 +8,7 @@ a kill at any moment leaves the previous checkpoint usable. Older folders are de
 Written by hand because torch.save pickles (loading it can run code) and safetensors stores flat tensor maps only:
 optimizer states, RNG states and positions are nested, with integer keys.
 """
+
 from __future__ import annotations
 
 import json

@@ -68,7 +68,9 @@ def _split(rest: list[str], flags: dict[str, bool | str]):
     """Separate our --flags (True: takes a value, False: boolean, "append": repeatable) from Hydra overrides."""
     parser = argparse.ArgumentParser(add_help=False)
     for flag, kind in flags.items():
-        parser.add_argument(flag, **({"action": "append"} if kind == "append" else {} if kind else {"action": "store_true"}))
+        parser.add_argument(
+            flag, **({"action": "append"} if kind == "append" else {} if kind else {"action": "store_true"})
+        )
     parser.add_argument("-h", "--help", action="store_true")
     known, overrides = parser.parse_known_args(rest)
     bad = [o for o in overrides if o.startswith("--")]
@@ -88,7 +90,10 @@ def unlearn(rest) -> int:
     args, overrides = _split(rest, {"--resume": True})
     if args.help:
         return _help()
-    run_unlearn(resume_config(Path(args.resume), overrides) if args.resume else load_config(overrides), resume=bool(args.resume))
+    run_unlearn(
+        resume_config(Path(args.resume), overrides) if args.resume else load_config(overrides),
+        resume=bool(args.resume),
+    )
     return 0
 
 
@@ -108,8 +113,10 @@ def report(rest) -> int:
     elif (folder / COMPARE[1]).exists():
         print(rewrite_report(folder))
     else:
-        raise AtuError(f"{folder} is neither a run folder (run.json, config.yaml) nor a compare folder (compare.csv); "
-                       "pass a folder atu unlearn or atu compare wrote")
+        raise AtuError(
+            f"{folder} is neither a run folder (run.json, config.yaml) nor a compare folder (compare.csv); "
+            "pass a folder atu unlearn or atu compare wrote"
+        )
     return 0
 
 
@@ -134,7 +141,9 @@ def evaluate(rest) -> int:
     else:
         cfg = load_config(overrides)
     result = evaluate_only(cfg, args.out, run)
-    print_table([{"stage": Path(str(run.model_dir if run else cfg.model.name_or_path)).name or "model", **result["metrics"]}])
+    print_table(
+        [{"stage": Path(str(run.model_dir if run else cfg.model.name_or_path)).name or "model", **result["metrics"]}]
+    )
     if "utility" in result:
         print(utility_table({"score": result["utility"]}).markdown())
     return 0
@@ -196,8 +205,9 @@ def compare(rest) -> int:
     from .config import load_config
     from .console import say
 
-    args, overrides = _split(rest, {"--methods": True, "--target": "append", "--out": True, "--attacks": True,
-                                    "--collect": True})
+    args, overrides = _split(
+        rest, {"--methods": True, "--target": "append", "--out": True, "--attacks": True, "--collect": True}
+    )
     if args.collect:  # the run folders of a sweep (atu-sweep --multirun) into one table and report
         out = Path(args.out or args.collect)
         collect_folder(Path(args.collect), out)
@@ -240,8 +250,11 @@ def settings(rest) -> int:
     for section, schema in schemas.items():
         print(f"{section}:" + (f"  ({cfg.method.name})" if section == "method" else ""))
         for name, default, text in describe(schema):
-            print(f"  {section}.{name} = {cfg[section][name]!r}" + (f"   # {text}" if text else "")
-                  + (f" (default {default!r})" if cfg[section][name] != default and name != "name" else ""))
+            print(
+                f"  {section}.{name} = {cfg[section][name]!r}"
+                + (f"   # {text}" if text else "")
+                + (f" (default {default!r})" if cfg[section][name] != default and name != "name" else "")
+            )
     return 0
 
 
@@ -250,8 +263,15 @@ def _help() -> int:
     return 0
 
 
-COMMANDS = {"unlearn": unlearn, "eval": evaluate, "targets": targets, "compare": compare, "attack": attack,
-            "report": report, "settings": settings}
+COMMANDS = {
+    "unlearn": unlearn,
+    "eval": evaluate,
+    "targets": targets,
+    "compare": compare,
+    "attack": attack,
+    "report": report,
+    "settings": settings,
+}
 
 
 if __name__ == "__main__":

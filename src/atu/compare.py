@@ -18,7 +18,7 @@ from .pipeline import resumable, resume_config, unlearn
 from .runs import Run
 
 COLUMNS = ("forget_fb", "forget_qa", "forget_aa", "forget_all", "neighbor_fb", "neighbor_qa", "neighbor_all")
-# overrides that change the model before unlearning or how it is scored: a run with one of these evaluates its own "before"
+# overrides that change the starting model or how it is scored: a run with one of these evaluates its own "before"
 STARTING_POINT = ("model", "eval", "data.roots", "target", "run.device", "+")
 # a target counts as known when the starting model scores at least this on its forget probes (forget-all, before)
 KNOWN = 15.0
@@ -32,8 +32,14 @@ def method_overrides(entry: str, per_method: dict[str, list[str]]) -> list[str]:
     return [f"method={name}"] + (["method.lora=true"] if variant else []) + per_method.get(entry, [])
 
 
-def run_all(methods: list[str], targets: list[str], out: Path, shared: list[str], per_method: dict[str, list[str]],
-            attacks: list[str] | None = None) -> list[dict]:
+def run_all(
+    methods: list[str],
+    targets: list[str],
+    out: Path,
+    shared: list[str],
+    per_method: dict[str, list[str]],
+    attacks: list[str] | None = None,
+) -> list[dict]:
     if attacks:
         check_names(attacks)
     plans = []  # every configuration is validated before the first (long) run starts
@@ -41,7 +47,9 @@ def run_all(methods: list[str], targets: list[str], out: Path, shared: list[str]
         for entry in methods:
             run = Run(out / slug(target) / entry.replace("+", "_"))
             overrides = shared + [f"target={quote(target)}"] + method_overrides(entry, per_method)
-            plans.append((target, entry, run, load_config(overrides + [f"run.output_dir={quote(run)}", "run.overwrite=true"])))
+            plans.append(
+                (target, entry, run, load_config(overrides + [f"run.output_dir={quote(run)}", "run.overwrite=true"]))
+            )
     rows, before = [], {}  # target -> a finished run whose "before" evaluation the others reuse
     for i, (target, entry, run, cfg) in enumerate(plans):
         changes_start = any(o.startswith(STARTING_POINT) for o in per_method.get(entry, []))
@@ -82,9 +90,19 @@ def collect(run: Run, entry: str) -> list[dict]:
     """One row per evaluation of a finished run ('before', then each unlearning stage); attack numbers join the
     unlearned model's (last) row and the 'before' row."""
     info = run.info()
-    rows = [{"method": entry, "target": info["target"], "stage": e["stage"], "tau": e.get("tau"),
-             "seconds": info.get("seconds"), "trainable_parameters": info.get("trainable_parameters"),
-             **{k: e.get(k) for k in COLUMNS}, "run_dir": str(run)} for e in run.evals()]
+    rows = [
+        {
+            "method": entry,
+            "target": info["target"],
+            "stage": e["stage"],
+            "tau": e.get("tau"),
+            "seconds": info.get("seconds"),
+            "trainable_parameters": info.get("trainable_parameters"),
+            **{k: e.get(k) for k in COLUMNS},
+            "run_dir": str(run),
+        }
+        for e in run.evals()
+    ]
     if rows:
         for a in run.attack_rows():
             rows[-1][f"{a['attack']}: {a['metric']}"] = a["after_attack"]
@@ -119,8 +137,15 @@ def target_means(finals: list[dict]) -> list[dict]:
             group = [r for r in finals if r["method"] == method and r["target"] in keep]
             attacks = dict.fromkeys(k for g in group for k in g if ": " in k)  # "quant4: forget_all", ...
             if group:
-                out.append({"method": method, "target": label, "seconds": None, "trainable_parameters": None,
-                            **{k: _mean([g.get(k) for g in group]) for k in list(COLUMNS) + list(attacks)}})
+                out.append(
+                    {
+                        "method": method,
+                        "target": label,
+                        "seconds": None,
+                        "trainable_parameters": None,
+                        **{k: _mean([g.get(k) for g in group]) for k in list(COLUMNS) + list(attacks)},
+                    }
+                )
     return out
 
 
@@ -151,7 +176,9 @@ def rewrite_report(folder: Path) -> Path:
     found = []
     for run_dir in dict.fromkeys(r["run_dir"] for r in rows if r.get("run_dir")):
         run = Run(run_dir)
-        moved = Run(folder / run.path.parent.name / run.path.name)  # a copied comparison keeps runs as <target>/<method>/
+        moved = Run(
+            folder / run.path.parent.name / run.path.name
+        )  # a copied comparison keeps runs as <target>/<method>/
         found.append(moved if moved.is_run() else run)
     write_outputs(rows, folder, found)
     return folder / "report.html"

@@ -5,7 +5,7 @@ share of the rows (`shard`). Losses are local sums divided by the *global* count
 all-reduce), and gradients are summed over processes (`sum_gradients`), so each update equals the one a single process
 makes on the whole batch, up to the order of float additions. Only the main process evaluates and writes files.
 
-Hand-written rather than DDP-wrapping the model: ATU's unlearning forward stops at the hook layer (a forward hook raises
+Written by hand rather than DDP-wrapping the model: ATU's unlearning forward stops at the hook layer (a hook raises
 to skip the blocks above), which DDP's unused-parameter bookkeeping does not allow without find_unused_parameters and
 an extra pass; summing the gradients of the parameters a stage trains is one bucketed all-reduce per step.
 
@@ -16,6 +16,7 @@ plain sum so that the updates stay those of one process. The rest (embeddings, f
 hook-layer forward may skip) stays replicated and is summed as above. Sharded tensors are gathered for checkpoints and
 the saved model, one at a time; generation runs in lockstep (`synced_gpus`).
 """
+
 from __future__ import annotations
 
 import functools
@@ -48,7 +49,7 @@ def is_main() -> bool:
 
 def shard(rows: torch.Tensor) -> torch.Tensor:
     """This process's share of a batch every process drew identically."""
-    return rows[rank()::world_size()] if world_size() > 1 else rows
+    return rows[rank() :: world_size()] if world_size() > 1 else rows
 
 
 def sum_over_processes(local: torch.Tensor) -> torch.Tensor:
@@ -86,6 +87,7 @@ def barrier() -> None:
 
 
 # ------------------------------------------------------------------ FSDP
+
 
 def fsdp_requested() -> bool:
     """Launched by accelerate with an FSDP config (ours or the user's), with more than one process."""
@@ -128,7 +130,7 @@ def gathered(obj):
 
 
 def place_like(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A whole tensor laid out as `like` is: this process's shard when `like` is sharded, else the tensor on its device."""
+    """A whole tensor laid out as `like` is: this process's shard when `like` is sharded, else on its device."""
     if not _sharded(like):
         return value.to(like.device)
     return distribute_tensor(value.to(like.device_mesh.device_type), like.device_mesh, like.placements)
@@ -140,8 +142,9 @@ def optimizer_state_like(state: dict, optimizer) -> dict:
     out = {**state, "state": {}}
     for index, entries in state["state"].items():
         p = params[int(index)]
-        out["state"][index] = {k: place_like(v, p) if torch.is_tensor(v) and v.shape == p.shape else v
-                               for k, v in entries.items()}
+        out["state"][index] = {
+            k: place_like(v, p) if torch.is_tensor(v) and v.shape == p.shape else v for k, v in entries.items()
+        }
     return out
 
 
@@ -155,7 +158,7 @@ def clip_gradients(params: list[torch.nn.Parameter], max_norm: float) -> None:
     plain = [g for g in grads if not _sharded(g)]
     squared = float(torch.nn.utils.get_total_norm(sharded).full_tensor()) ** 2
     squared += float(torch.nn.utils.get_total_norm(plain)) ** 2 if plain else 0.0
-    coef = max_norm / (squared ** 0.5 + 1e-6)
+    coef = max_norm / (squared**0.5 + 1e-6)
     if coef < 1.0:
         for g in grads:
             g.mul_(coef)

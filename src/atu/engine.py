@@ -1,6 +1,7 @@
 """The one training loop. A method hands it stages; each stage names its parameters, optimizer, loss and step count.
 The engine freezes everything else, steps, clips, logs, stops on a non-finite loss, and calls back after stages that
 ask for an evaluation. It knows no method by name."""
+
 from __future__ import annotations
 
 import contextlib
@@ -44,6 +45,7 @@ def _checkpointing(module: nn.Module) -> bool:
 @dataclass
 class Resume:
     """Where a checkpoint left off: continue stage `stage` at `step` (0: the stage had not started)."""
+
     stage: int
     step: int
     info: dict  # what the stage's setup returned when it first ran (mid-stage only)
@@ -55,10 +57,17 @@ class Resume:
 Checkpoint = Callable[[dict, Optional[torch.optim.Optimizer], set], None]
 
 
-def run_stages(stages: list[Stage], modules: list[nn.Module], on_stage_end: Callable[[Stage, dict], None],
-               log: Callable[[dict], None], checkpoint: Optional[Checkpoint] = None, every: int = 0,
-               resume: Optional[Resume] = None, autocast: Callable = contextlib.nullcontext,
-               log_every: int = 10) -> None:
+def run_stages(
+    stages: list[Stage],
+    modules: list[nn.Module],
+    on_stage_end: Callable[[Stage, dict], None],
+    log: Callable[[dict], None],
+    checkpoint: Optional[Checkpoint] = None,
+    every: int = 0,
+    resume: Optional[Resume] = None,
+    autocast: Callable = contextlib.nullcontext,
+    log_every: int = 10,
+) -> None:
     """Run `stages` in order. `modules` are everything that could train; only a stage's own params get gradients.
 
     A checkpoint is due after every stage (after its evaluation) and every `every` steps inside a stage. With
@@ -94,8 +103,16 @@ def run_stages(stages: list[Stage], modules: list[nn.Module], on_stage_end: Call
             optimizer.load_state_dict(optimizer_state_like(resume.optimizer, optimizer))
             set_rng_state(resume.rng)
         else:
-            log({"event": "stage_start", "stage": stage.name, "kind": stage.kind, "index": index, "steps": stage.steps,
-                 **info})
+            log(
+                {
+                    "event": "stage_start",
+                    "stage": stage.name,
+                    "kind": stage.kind,
+                    "index": index,
+                    "steps": stage.steps,
+                    **info,
+                }
+            )
         started, last = time.time(), {}
         bar = progress(stage.steps, stage.name, initial=first)
         for step in range(first, stage.steps):
@@ -104,8 +121,10 @@ def run_stages(stages: list[Stage], modules: list[nn.Module], on_stage_end: Call
             value = float(sum_over_processes(loss.detach()))  # with several processes: each holds a share
             if not math.isfinite(value):
                 kept = " The last good checkpoint is kept in the run folder." if checkpoint else ""
-                raise AtuError(f"stage {stage.name} step {step}: the loss became {value}; lower the learning rate "
-                               f"(or method.grad_clip) and start the run again.{kept}")
+                raise AtuError(
+                    f"stage {stage.name} step {step}: the loss became {value}; lower the learning rate "
+                    f"(or method.grad_clip) and start the run again.{kept}"
+                )
             numbers = sum_numbers(numbers)
             optimizer.zero_grad(set_to_none=True)
             if loss.requires_grad:
@@ -118,7 +137,15 @@ def run_stages(stages: list[Stage], modules: list[nn.Module], on_stage_end: Call
             bar.update(1)
             if step % log_every == 0 or step == stage.steps - 1:
                 bar.set_postfix({k: f"{v:.4f}" for k, v in numbers.items()})
-                log({"event": "step", "stage": stage.name, "step": step, "global_step": offsets[index] + step, **numbers})
+                log(
+                    {
+                        "event": "step",
+                        "stage": stage.name,
+                        "step": step,
+                        "global_step": offsets[index] + step,
+                        **numbers,
+                    }
+                )
             if checkpoint and every and (step + 1) % every == 0 and step + 1 < stage.steps:
                 checkpoint({"stage": index, "step": step + 1, "info": info}, optimizer, trained)
         bar.close()

@@ -5,6 +5,7 @@ Strictly causal: position t attends to positions <= t only. (The reference build
 cross-attention reads the whole sequence as memory, so ê_t sees the hidden states of the very tokens it predicts.)
 Training batches are right-padded, so causal attention alone keeps padding out of every real position.
 """
+
 from __future__ import annotations
 
 import torch
@@ -12,11 +13,20 @@ from torch import nn
 
 
 class EmbeddingHead(nn.Module):
-    def __init__(self, d_model: int, d_out: int, width: int = 768, layers: int = 6, heads: int = 8,
-                 ffn_mult: int = 4, dropout: float = 0.1):
+    def __init__(
+        self,
+        d_model: int,
+        d_out: int,
+        width: int = 768,
+        layers: int = 6,
+        heads: int = 8,
+        ffn_mult: int = 4,
+        dropout: float = 0.1,
+    ):
         super().__init__()
-        self.config = dict(d_model=d_model, d_out=d_out, width=width, layers=layers, heads=heads, ffn_mult=ffn_mult,
-                           dropout=dropout)
+        self.config = dict(
+            d_model=d_model, d_out=d_out, width=width, layers=layers, heads=heads, ffn_mult=ffn_mult, dropout=dropout
+        )
         # LayerNorm first: LLM residual streams have norms in the hundreds (Gemma scales embeddings by sqrt(d)), and
         # the head should read directions, so unlearning cannot "escape" the hinge by rescaling hidden states.
         self.inp = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, width))

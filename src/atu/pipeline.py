@@ -24,8 +24,18 @@ from . import config as configlib
 from . import data as datalib
 from . import report, runs
 from .console import eval_line, print_table, say
-from .distributed import (barrier, fsdp_requested, full, gathered, is_main, is_sharded, place_like, shard_blocks,
-                          state as process_state, world_size)
+from .distributed import (
+    barrier,
+    fsdp_requested,
+    full,
+    gathered,
+    is_main,
+    is_sharded,
+    place_like,
+    shard_blocks,
+    state as process_state,
+    world_size,
+)
 from .engine import Resume, run_stages
 from .errors import AtuError
 from .evaluate import evaluate_target, generate_corpus
@@ -61,7 +71,11 @@ def unlearn(cfg, reuse_before: Run | None = None, resume: bool = False) -> Path:
     barrier()  # every process has checked the folder before the main one creates it
     # other targets' corpora: ATU's alignment data, GRUN's gate negatives; the other methods do not read them
     roots = list(cfg.data.roots)
-    others = datalib.other_targets(target.name, cfg.data.other_targets, roots, cfg.run.seed) if method_cls.uses_other_targets else []
+    others = (
+        datalib.other_targets(target.name, cfg.data.other_targets, roots, cfg.run.seed)
+        if method_cls.uses_other_targets
+        else []
+    )
     model, tok, encoder = load_models(cfg, device, method_cls)
     with disk_errors(run):
         return Job(cfg, run, target, model, tok, encoder, device, method_cls, others, reuse_before, saved).run()
@@ -70,15 +84,19 @@ def unlearn(cfg, reuse_before: Run | None = None, resume: bool = False) -> Path:
 def load_target(cfg, resumed: Run | None) -> datalib.Target:
     """The target with its probes and forget corpus: the shipped one, data.forget_corpus, or the one a resumed run
     generated for itself."""
-    target = datalib.load_target(cfg.target, list(cfg.data.roots), cfg.data.allow_new_target, cfg.eval.max_probes_per_file)
+    target = datalib.load_target(
+        cfg.target, list(cfg.data.roots), cfg.data.allow_new_target, cfg.eval.max_probes_per_file
+    )
     corpus = resumed.generated_corpus() if resumed is not None else None
     if corpus is not None or cfg.data.forget_corpus:
         source = corpus or Path(cfg.data.forget_corpus).expanduser()
         target.forget_corpus, target.forget_corpus_source = datalib.load_texts(source), str(source)
         if not target.forget_corpus:
-            raise AtuError(f"forget corpus {source} is empty; give a JSON list of {{\"text\": ...}} passages")
+            raise AtuError(f'forget corpus {source} is empty; give a JSON list of {{"text": ...}} passages')
     elif target.forget_corpus_source and not target.forget_corpus:
-        raise AtuError(f"forget corpus {target.forget_corpus_source} is empty; add passages or pass data.forget_corpus=FILE")
+        raise AtuError(
+            f"forget corpus {target.forget_corpus_source} is empty; add passages or pass data.forget_corpus=FILE"
+        )
     return target
 
 
@@ -90,11 +108,15 @@ def checkpoint_to_resume(run: Run, resume: bool, overwrite: bool) -> Path | None
     """The checkpoint a resumed run continues from; for a new run, check that its folder is free."""
     latest = ckpt.latest(run.checkpoints)
     if resume and latest is None:
-        raise AtuError(f"{run} has no complete checkpoint to resume from (the run stopped before its first one); "
-                       "start it again with run.overwrite=true")
+        raise AtuError(
+            f"{run} has no complete checkpoint to resume from (the run stopped before its first one); "
+            "start it again with run.overwrite=true"
+        )
     if not resume and run.path.exists() and any(run.path.iterdir()) and not overwrite:
         hint = f", or continue it with atu unlearn --resume {run}" if latest else ""
-        raise AtuError(f"run folder {run} already exists; pick another run.output_dir or pass run.overwrite=true{hint}")
+        raise AtuError(
+            f"run folder {run} already exists; pick another run.output_dir or pass run.overwrite=true{hint}"
+        )
     return latest if resume else None
 
 
@@ -104,24 +126,33 @@ def job_device(name: str, method_cls, method: str) -> torch.device:
         return pick_device(name)
     device = process_state(cpu=name == "cpu").device
     if world_size() > 1 and not method_cls.data_parallel:
-        raise AtuError(f"method {method} runs in one process; launch it without accelerate/torchrun "
-                       "(ATU runs data-parallel over several)")
+        raise AtuError(
+            f"method {method} runs in one process; launch it without accelerate/torchrun "
+            "(ATU runs data-parallel over several)"
+        )
     return device
 
 
 def load_models(cfg, device: torch.device, method_cls):
     """The LM (sharded under FSDP), its tokenizer and, for methods that need one, the sentence encoder; the method's
     settings that depend on the model are checked here, before the run folder exists."""
-    say(f"loading model {cfg.model.name_or_path}" + (f" and encoder {cfg.encoder.name_or_path}" if method_cls.needs_encoder else "")
-        + f" on {device}")
+    say(
+        f"loading model {cfg.model.name_or_path}"
+        + (f" and encoder {cfg.encoder.name_or_path}" if method_cls.needs_encoder else "")
+        + f" on {device}"
+    )
     fsdp = fsdp_requested()
     if fsdp and cfg.method.get("lora"):
-        raise AtuError("method.lora=true with FSDP is not supported; train LoRA data-parallel (accelerate launch "
-                       "--multi_gpu) or drop method.lora under FSDP")
+        raise AtuError(
+            "method.lora=true with FSDP is not supported; train LoRA data-parallel (accelerate launch "
+            "--multi_gpu) or drop method.lora under FSDP"
+        )
     model, tok = load_lm(cfg.model, "cpu" if fsdp else device)  # FSDP: each process moves only its shards
     context = max_context(model)
     if context and cfg.data.max_length > context:
-        raise AtuError(f"data.max_length={cfg.data.max_length} exceeds the model's context of {context} tokens; lower it")
+        raise AtuError(
+            f"data.max_length={cfg.data.max_length} exceeds the model's context of {context} tokens; lower it"
+        )
     if cfg.run.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if fsdp:
@@ -146,8 +177,10 @@ def disk_errors(run: Run):
             reason = str(e).split("I/O error: ", 1)[1].strip()
         else:
             raise
-        raise AtuError(f"cannot write to the run folder {run}: {reason}; free disk space or choose a writable "
-                       "run.output_dir (a checkpoint, if one was written, is kept for --resume)") from None
+        raise AtuError(
+            f"cannot write to the run folder {run}: {reason}; free disk space or choose a writable "
+            "run.output_dir (a checkpoint, if one was written, is kept for --resume)"
+        ) from None
 
 
 class Job:
@@ -171,35 +204,59 @@ class Job:
         ctx = self.context()
         self.method = method = self.method_cls(cfg.method, ctx)
         self.info = self.start_info(ctx)
-        self.log = MetricsLog(self.run_folder, cfg.run.loggers if self.main else [], cfg, self.info,
-                              state["metrics_bytes"] if state else None, state["global_step"] if state else 0)
+        self.log = MetricsLog(
+            self.run_folder,
+            cfg.run.loggers if self.main else [],
+            cfg,
+            self.info,
+            state["metrics_bytes"] if state else None,
+            state["global_step"] if state else 0,
+        )
         self.run_folder.write_info(self.info)  # after the logger: with the wandb run id, when wandb logs
         self.history = self.run_folder.evals() if state else []
-        others = f"also reads {', '.join(ctx.other_targets) or 'no other target'}; " if self.method_cls.uses_other_targets else ""
-        say(f"target {self.target.name}: {len(ctx.forget_texts)} forget passages ({self.target.forget_corpus_source}); "
-            f"{others}run folder {self.original_folder}")
+        others = (
+            f"also reads {', '.join(ctx.other_targets) or 'no other target'}; "
+            if self.method_cls.uses_other_targets
+            else ""
+        )
+        say(
+            f"target {self.target.name}: {len(ctx.forget_texts)} forget passages "
+            f"({self.target.forget_corpus_source}); {others}run folder {self.original_folder}"
+        )
         if state is None:
             self.evaluate("before", {})
             if cfg.eval.utility:
-                self.utility["before"] = utility(self.model, self.tok, cfg.eval.batch_size, cfg.eval.utility_limit, say)
+                self.utility["before"] = utility(
+                    self.model, self.tok, cfg.eval.batch_size, cfg.eval.utility_limit, say
+                )
         method.prepare(say)
         stages = method.stages()
         resume = self.restore(len(stages)) if state else None
         self.info.update(trainable_parameters=method.trainable_parameters(), training_data=method.training_data)
         self.run_folder.write_info(self.info)
         try:
-            run_stages(stages, method.modules(), lambda stage, info: self.evaluate(stage.name, info) if stage.evaluate else None,
-                       self.log, checkpoint=self.save_checkpoint, every=cfg.run.checkpoint_every, resume=resume,
-                       autocast=lambda: torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                                       enabled=cfg.run.mixed_precision == "bf16"))
+            run_stages(
+                stages,
+                method.modules(),
+                lambda stage, info: self.evaluate(stage.name, info) if stage.evaluate else None,
+                self.log,
+                checkpoint=self.save_checkpoint,
+                every=cfg.run.checkpoint_every,
+                resume=resume,
+                autocast=lambda: torch.autocast(
+                    self.device.type, dtype=torch.bfloat16, enabled=cfg.run.mixed_precision == "bf16"
+                ),
+            )
             if cfg.eval.utility:
                 self.utility["after"] = utility(self.model, self.tok, cfg.eval.batch_size, cfg.eval.utility_limit, say)
                 self.info["utility"] = self.utility
             self.save_results()
         except BaseException as e:  # the run folder says how it ended; the last checkpoint stays for --resume
-            self.info.update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
-                             error=str(e).splitlines()[0] if str(e) else type(e).__name__,
-                             seconds_before_resume=round(time.time() - self.started, 1))
+            self.info.update(
+                status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
+                error=str(e).splitlines()[0] if str(e) else type(e).__name__,
+                seconds_before_resume=round(time.time() - self.started, 1),
+            )
             try:
                 self.run_folder.write_info(self.info)
             except OSError:
@@ -228,39 +285,72 @@ class Job:
         """RWKU's zero-shot setting when nothing is shipped: the model's own descriptions of the target."""
         target, cfg = self.target, self.cfg
         if not target.forget_corpus:
-            say(f"no forget corpus is shipped for {target.name}: generating {cfg.data.generated_passages} passages from "
-                "the model's own descriptions (RWKU zero-shot setting)")
-            target.forget_corpus = generate_corpus(self.model, self.tok, target.name, cfg.data.generated_passages,
-                                                   cfg.data.generated_max_new_tokens, cfg.run.seed)
+            say(
+                f"no forget corpus is shipped for {target.name}: generating {cfg.data.generated_passages} passages "
+                "from the model's own descriptions (RWKU zero-shot setting)"
+            )
+            target.forget_corpus = generate_corpus(
+                self.model,
+                self.tok,
+                target.name,
+                cfg.data.generated_passages,
+                cfg.data.generated_max_new_tokens,
+                cfg.run.seed,
+            )
             if not target.forget_corpus:
-                raise AtuError(f"the model produced no usable description of {target.name}; pass data.forget_corpus=FILE")
-            target.forget_corpus_source = str(self.run_folder.write_generated_corpus(target.forget_corpus, target.name))
+                raise AtuError(
+                    f"the model produced no usable description of {target.name}; pass data.forget_corpus=FILE"
+                )
+            target.forget_corpus_source = str(
+                self.run_folder.write_generated_corpus(target.forget_corpus, target.name)
+            )
         if target.forget_corpus_source == str(self.original_folder / runs.FORGET_CORPUS):
-            self.notes.append(f"Forget corpus generated by the model itself ({len(target.forget_corpus)} passages), "
-                              f"saved in {runs.FORGET_CORPUS}.")
+            self.notes.append(
+                f"Forget corpus generated by the model itself ({len(target.forget_corpus)} passages), "
+                f"saved in {runs.FORGET_CORPUS}."
+            )
         if not target.probes:
-            self.notes.append(f"No probes exist for {target.name}: nothing to evaluate; add RWKU-format probe files "
-                              "under data.roots.")
+            self.notes.append(
+                f"No probes exist for {target.name}: nothing to evaluate; add RWKU-format probe files "
+                "under data.roots."
+            )
             say(self.notes[-1])
 
     def context(self) -> RunContext:
         cfg, target = self.cfg, self.target
         forget = target.forget_corpus[: cfg.data.max_passages] if cfg.data.max_passages else target.forget_corpus
-        return RunContext(model=self.model, tokenizer=self.tok, encoder=self.encoder, device=self.device, target=target,
-                          target_name=target.name, forget_texts=forget,
-                          # each other target gives at most as many passages as the target: balanced alignment data
-                          retain_texts=[t for o in self.others for t in o.forget_corpus[: len(forget)]],
-                          other_targets=[o.name for o in self.others], seed=cfg.run.seed,
-                          max_length=cfg.data.max_length, encoder_batch_size=cfg.encoder.batch_size,
-                          infer_batch_size=cfg.eval.batch_size, notes=self.notes)
+        return RunContext(
+            model=self.model,
+            tokenizer=self.tok,
+            encoder=self.encoder,
+            device=self.device,
+            target=target,
+            target_name=target.name,
+            forget_texts=forget,
+            # each other target gives at most as many passages as the target: balanced alignment data
+            retain_texts=[t for o in self.others for t in o.forget_corpus[: len(forget)]],
+            other_targets=[o.name for o in self.others],
+            seed=cfg.run.seed,
+            max_length=cfg.data.max_length,
+            encoder_batch_size=cfg.encoder.batch_size,
+            infer_batch_size=cfg.eval.batch_size,
+            notes=self.notes,
+        )
 
     def start_info(self, ctx: RunContext) -> dict:
         if self.state is None:
             self.started = time.time()
-            return {"status": "running", "target": self.target.name, "method": self.cfg.method.name,
-                    "device": str(self.device), "forget_corpus": self.target.forget_corpus_source,
-                    "forget_passages": len(ctx.forget_texts), "other_targets": ctx.other_targets,
-                    "versions": runs.versions(), "started": time.strftime("%F %T")}
+            return {
+                "status": "running",
+                "target": self.target.name,
+                "method": self.cfg.method.name,
+                "device": str(self.device),
+                "forget_corpus": self.target.forget_corpus_source,
+                "forget_passages": len(ctx.forget_texts),
+                "other_targets": ctx.other_targets,
+                "versions": runs.versions(),
+                "started": time.strftime("%F %T"),
+            }
         info = self.run_folder.info()
         self.started = time.time() - info.get("seconds_before_resume", 0)
         return info | {"status": "running", "resumed": info.get("resumed", []) + [time.strftime("%F %T")]}
@@ -270,7 +360,9 @@ class Job:
         if not self.target.probes:
             return
         if stage == "before" and self.reuse_before is not None:
-            row = next(r for r in self.reuse_before.evals() if r["stage"] == "before") | {"reused_from": str(self.reuse_before)}
+            row = next(r for r in self.reuse_before.evals() if r["stage"] == "before") | {
+                "reused_from": str(self.reuse_before)
+            }
             self.run_folder.write_predictions("before", self.reuse_before.predictions("before"))
             self.record(row)
             say(eval_line(row) + f" (reused from {self.reuse_before})")
@@ -278,8 +370,12 @@ class Job:
         t0 = time.time()
         system = self.method.system_prompt if stage != "before" else None
         scores, records = evaluate_model(self.model, self.tok, self.target, self.cfg.eval, system)
-        row = {"stage": stage, **{k: info[k] for k in ("tau", "tau_setting") if k in info}, **scores,
-               "eval_seconds": round(time.time() - t0, 1)}
+        row = {
+            "stage": stage,
+            **{k: info[k] for k in ("tau", "tau_setting") if k in info},
+            **scores,
+            "eval_seconds": round(time.time() - t0, 1),
+        }
         self.record(row)
         self.run_folder.write_predictions(stage, records)
         say(eval_line(row))
@@ -305,14 +401,25 @@ class Job:
         if not self.main and not sharded:
             return
         # under FSDP every process takes part in gathering the shards, then the main one writes
-        params = {str(i): {n: full(p) for n, p in m.named_parameters() if id(p) in trained}
-                  for i, m in enumerate(self.method.modules())}
+        params = {
+            str(i): {n: full(p) for n, p in m.named_parameters() if id(p) in trained}
+            for i, m in enumerate(self.method.modules())
+        }
         optimizer_state = gathered(optimizer.state_dict()) if optimizer is not None else None
         if self.main:
-            ckpt.save(self.run_folder.checkpoints, {
-                "position": position, "global_step": self.log.global_step, "metrics_bytes": self.log.size,
-                "utility": self.utility, "params": params, "optimizer": optimizer_state,
-                "method": self.method.state_dict(), "rng": ckpt.rng_state()})
+            ckpt.save(
+                self.run_folder.checkpoints,
+                {
+                    "position": position,
+                    "global_step": self.log.global_step,
+                    "metrics_bytes": self.log.size,
+                    "utility": self.utility,
+                    "params": params,
+                    "optimizer": optimizer_state,
+                    "method": self.method.state_dict(),
+                    "rng": ckpt.rng_state(),
+                },
+            )
         if self.main and os.environ.get(KILL_AT) == f"{position['stage']}:{position['step']}":
             os.kill(os.getpid(), signal.SIGKILL)  # a deterministic "kill -9" (the launcher then ends the others)
 
@@ -321,7 +428,9 @@ class Job:
         to_save = self.method.model_to_save()
         if self.cfg.run.save_model and to_save is not None:
             sharded = is_sharded(self.model)
-            weights = {k: full(v) for k, v in to_save.state_dict().items()} if sharded else None  # every process gathers
+            weights = (
+                {k: full(v) for k, v in to_save.state_dict().items()} if sharded else None
+            )  # every process gathers
             if self.main:
                 say("saving the unlearned model (safetensors)")
                 self.run_folder.save_model(to_save, self.tok, weights)
@@ -357,13 +466,17 @@ def resume_config(run_dir: Path, overrides: list[str]):
     try:
         changed = configlib.from_run(run, overrides)
     except AtuError:
-        raise AtuError(f"--resume with a changed config: {' '.join(overrides)}; resume with the run's own settings "
-                       "(drop the override) or start a new run") from None
+        raise AtuError(
+            f"--resume with a changed config: {' '.join(overrides)}; resume with the run's own settings "
+            "(drop the override) or start a new run"
+        ) from None
     diffs = configlib.changes(saved, changed, RESUMABLE_CHANGES)
     if diffs:
         key, old, new = diffs[0]
-        raise AtuError(f"--resume with a changed config: {key}={new} (the run used {old}); resume with the run's own "
-                       "settings (drop the override) or start a new run")
+        raise AtuError(
+            f"--resume with a changed config: {key}={new} (the run used {old}); resume with the run's own "
+            "settings (drop the override) or start a new run"
+        )
     changed.run.output_dir = str(run.path)
     return changed
 
@@ -390,12 +503,18 @@ def load_run_model(run: Run, cfg, device, quantize: str | None = None):
 
 def evaluate_only(cfg, out_file: str | None = None, run: Run | None = None) -> dict:
     """`atu eval`: score any model on any target's probes; a run folder's model is rebuilt by its method."""
-    target = datalib.load_target(cfg.target, list(cfg.data.roots), cfg.data.allow_new_target, cfg.eval.max_probes_per_file)
+    target = datalib.load_target(
+        cfg.target, list(cfg.data.roots), cfg.data.allow_new_target, cfg.eval.max_probes_per_file
+    )
     if not target.probes:
-        raise AtuError(f"no probes exist for {target.name}; add RWKU-format probe files (forget_level1.json ...) "
-                       "in a folder and pass data.roots=[FOLDER]")
+        raise AtuError(
+            f"no probes exist for {target.name}; add RWKU-format probe files (forget_level1.json ...) "
+            "in a folder and pass data.roots=[FOLDER]"
+        )
     device = pick_device(cfg.run.device)
-    say(f"loading model {run.model_dir if run is not None and run.has_model() else cfg.model.name_or_path} on {device}")
+    say(
+        f"loading model {run.model_dir if run is not None and run.has_model() else cfg.model.name_or_path} on {device}"
+    )
     model, tok, system = load_run_model(run, cfg, device) if run is not None else (*load_lm(cfg.model, device), None)
     scores, records = evaluate_model(model, tok, target, cfg.eval, system)
     name = str(run.model_dir) if run is not None and run.has_model() else str(cfg.model.name_or_path)

@@ -22,8 +22,10 @@ from . import metrics, runs  # noqa: E402
 from .console import change_summary, score_columns, stage_label  # noqa: E402
 from .runs import Run  # noqa: E402
 
-SCORES = ("Scores: ROUGE-L recall ×100 of the reference answer in the model's greedy answer (RWKU protocol); "
-          "↓ lower is better (forgotten), ↑ higher is better (kept).")
+SCORES = (
+    "Scores: ROUGE-L recall ×100 of the reference answer in the model's greedy answer (RWKU protocol); "
+    "↓ lower is better (forgotten), ↑ higher is better (kept)."
+)
 
 
 @dataclass
@@ -37,15 +39,19 @@ class Table:
     def markdown(self) -> str:
         numeric = self.numeric or [False] * len(self.headers)
         lines = ["| " + " | ".join(self.headers) + " |", "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
-        lines += ["| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in row) + " |" for row in self.rows]
+        lines += [
+            "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in row) + " |" for row in self.rows
+        ]
         return "\n".join(lines)
 
     def html(self) -> str:
         numeric = self.numeric or [False] * len(self.headers)
         cls = lambda i: ' class="num"' if numeric[i] else ""
         head = "".join(f"<th{cls(i)}>{html.escape(h)}</th>" for i, h in enumerate(self.headers))
-        body = "".join("<tr>" + "".join(f"<td{cls(i)}>{html.escape(str(c))}</td>" for i, c in enumerate(row)) + "</tr>"
-                       for row in self.rows)
+        body = "".join(
+            "<tr>" + "".join(f"<td{cls(i)}>{html.escape(str(c))}</td>" for i, c in enumerate(row)) + "</tr>"
+            for row in self.rows
+        )
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -58,16 +64,21 @@ def fmt(value, digits: int = 1) -> str:
 
 def stage_table(history: list[dict]) -> Table:
     cols = score_columns(history)
-    return Table(["Stage"] + [metrics.label(k) for k in cols],
-                 [[stage_label(r)] + [fmt(r.get(k)) for k in cols] for r in history], [False] + [True] * len(cols))
+    return Table(
+        ["Stage"] + [metrics.label(k) for k in cols],
+        [[stage_label(r)] + [fmt(r.get(k)) for k in cols] for r in history],
+        [False] + [True] * len(cols),
+    )
 
 
 def utility_table(utility: dict) -> Table:
     """Utility before/after with each score's chance level (a small model sits near chance on several)."""
     first = next(iter(utility.values()))
     cols = list(utility)
-    rows = [[metrics.label(key)] + [f"{utility[c]['scores'][key]:.3f}" for c in cols] + [fmt(chance, 3)]
-            for key, chance in first["chance"].items()]
+    rows = [
+        [metrics.label(key)] + [f"{utility[c]['scores'][key]:.3f}" for c in cols] + [fmt(chance, 3)]
+        for key, chance in first["chance"].items()
+    ]
     return Table(["Utility"] + cols + ["chance"], rows, [False] + [True] * (len(cols) + 1))
 
 
@@ -78,19 +89,31 @@ def attack_table(rows: list[dict]) -> Table:
         # share of the forgotten score that the attack brings back (forget metrics only)
         forget = r["metric"].startswith(("forget", "rephrase", "multihop"))
         rec = f"{100 * (x - a) / (b - a):.0f}%" if forget and None not in (b, a, x) and abs(b - a) > 1e-9 else "–"
-        out.append([r["attack"], metrics.label(r["metric"]), fmt(b), fmt(a), fmt(x), rec, str(r["seconds"]), r["note"]])
-    return Table(["Attack", "Metric", "Before unlearning", "After unlearning", "After attack", "Recovered", "Time (s)",
-                  "Note"], out, [False, False, True, True, True, True, True, False])
+        out.append(
+            [r["attack"], metrics.label(r["metric"]), fmt(b), fmt(a), fmt(x), rec, str(r["seconds"]), r["note"]]
+        )
+    return Table(
+        ["Attack", "Metric", "Before unlearning", "After unlearning", "After attack", "Recovered", "Time (s)", "Note"],
+        out,
+        [False, False, True, True, True, True, True, False],
+    )
 
 
 def compare_table(rows: list[dict], columns: list[str]) -> Table:
     """One row per method and target (and the means): the score columns, time, size, then any attack columns."""
     extra = list(dict.fromkeys(k for r in rows for k in r if ": " in k))  # "quant4: forget_all", when attacks ran
-    body = [[r["method"], r["target"]] + [fmt(r.get(k)) for k in columns]
-            + [fmt(r.get("seconds"), 0), _count(r.get("trainable_parameters"))] + [fmt(r.get(k)) for k in extra]
-            for r in rows]
-    return Table(["Method", "Target"] + [metrics.label(k) for k in columns] + ["Time (s)", "Trainable params"] + extra,
-                 body, [False, False] + [True] * (len(columns) + 2 + len(extra)))
+    body = [
+        [r["method"], r["target"]]
+        + [fmt(r.get(k)) for k in columns]
+        + [fmt(r.get("seconds"), 0), _count(r.get("trainable_parameters"))]
+        + [fmt(r.get(k)) for k in extra]
+        for r in rows
+    ]
+    return Table(
+        ["Method", "Target"] + [metrics.label(k) for k in columns] + ["Time (s)", "Trainable params"] + extra,
+        body,
+        [False, False] + [True] * (len(columns) + 2 + len(extra)),
+    )
 
 
 def _count(n) -> str:
@@ -100,10 +123,20 @@ def _count(n) -> str:
 def example_probes(before: list[dict], after: list[dict], n_forget: int = 6, n_neighbour: int = 3) -> Table:
     """The forget probes whose score fell most, and the neighbour probes first in the file, with both answers."""
     pairs = [(b, a) for b, a in zip(before, after) if b["query"] == a["query"] and b["set"] == a["set"]]
-    forget = sorted((p for p in pairs if p[0]["set"].startswith("forget")), key=lambda p: p[1]["score"] - p[0]["score"])
+    forget = sorted(
+        (p for p in pairs if p[0]["set"].startswith("forget")), key=lambda p: p[1]["score"] - p[0]["score"]
+    )
     neighbour = [p for p in pairs if p[0]["set"].startswith("neighbor")]
-    rows = [[b["set"], b["query"], b["answer"], f"{b['prediction']} ({b['score']:.0f})", f"{a['prediction']} ({a['score']:.0f})"]
-            for b, a in forget[:n_forget] + neighbour[:n_neighbour]]
+    rows = [
+        [
+            b["set"],
+            b["query"],
+            b["answer"],
+            f"{b['prediction']} ({b['score']:.0f})",
+            f"{a['prediction']} ({a['score']:.0f})",
+        ]
+        for b, a in forget[:n_forget] + neighbour[:n_neighbour]
+    ]
     return Table(["Set", "Probe", "Reference", "Before (score)", "After (score)"], rows)
 
 
@@ -114,13 +147,29 @@ def plot_stages(history: list[dict], path: Path) -> None:
     """Forget and neighbour scores at each evaluation: before, then each unlearning stage (labelled with its τ)."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
     x = list(range(len(history)))
-    for key, style in (("forget_all", "-o"), ("forget_fb", ":."), ("forget_qa", ":."), ("forget_aa", ":."),
-                       ("neighbor_all", "-s")):
+    for key, style in (
+        ("forget_all", "-o"),
+        ("forget_fb", ":."),
+        ("forget_qa", ":."),
+        ("forget_aa", ":."),
+        ("neighbor_all", "-s"),
+    ):
         ys = [r.get(key) for r in history]
         if any(y is not None for y in ys):
             ax.plot(x, [float("nan") if y is None else y for y in ys], style, label=metrics.get(key).label)
-    ax.set_xticks(x, [("before" if r["stage"] == "before" else
-                       f"{r['stage']}\nτ={r['tau']:.2f}" if r.get("tau") is not None else r["stage"]) for r in history])
+    ax.set_xticks(
+        x,
+        [
+            (
+                "before"
+                if r["stage"] == "before"
+                else f"{r['stage']}\nτ={r['tau']:.2f}"
+                if r.get("tau") is not None
+                else r["stage"]
+            )
+            for r in history
+        ],
+    )
     ax.set_ylabel("ROUGE-L recall ×100")
     ax.set_title("Scores per unlearning stage")
     ax.grid(alpha=0.3)
@@ -134,8 +183,13 @@ def plot_tradeoff(history: list[dict], path: Path) -> None:
     pts = [r for r in history if r.get("forget_all") is not None and r.get("neighbor_all") is not None]
     ax.plot([r["forget_all"] for r in pts], [r["neighbor_all"] for r in pts], "-o", color="tab:blue")
     for i, r in enumerate(pts):  # alternate label heights: stages that changed nothing sit on the same point
-        ax.annotate(stage_label(r), (r["forget_all"], r["neighbor_all"]), textcoords="offset points",
-                    xytext=(5, 4 - 12 * (i % 2)), fontsize=8)
+        ax.annotate(
+            stage_label(r),
+            (r["forget_all"], r["neighbor_all"]),
+            textcoords="offset points",
+            xytext=(5, 4 - 12 * (i % 2)),
+            fontsize=8,
+        )
     ax.set_xlabel("forget all ← better")
     ax.set_ylabel("neighbour all → better")
     ax.set_title("Trade-off across stages")
@@ -166,19 +220,38 @@ def plot_methods(rows: list[dict], path: Path) -> None:
         before = next((r for r in rows if r["target"] == target and r["stage"] == "before"), None)
         if before and before.get("forget_all") is not None:
             ax.scatter([before["forget_all"]], [before["neighbor_all"]], marker="*", s=160, color="black", zorder=3)
-            ax.annotate("before", (before["forget_all"], before["neighbor_all"]), textcoords="offset points", xytext=(5, 5))
+            ax.annotate(
+                "before", (before["forget_all"], before["neighbor_all"]), textcoords="offset points", xytext=(5, 5)
+            )
         methods = list(dict.fromkeys(r["method"] for r in rows if r["target"] == target))
         colors = plt.get_cmap("tab20" if len(methods) > 10 else "tab10")
         for k, method in enumerate(methods):
-            pts = [r for r in rows if r["target"] == target and r["method"] == method and r["stage"] != "before"
-                   and r.get("forget_all") is not None]
+            pts = [
+                r
+                for r in rows
+                if r["target"] == target
+                and r["method"] == method
+                and r["stage"] != "before"
+                and r.get("forget_all") is not None
+            ]
             if not pts:
                 continue
             xs, ys = [p["forget_all"] for p in pts], [p["neighbor_all"] for p in pts]
-            line, = ax.plot(xs, ys, marker="o", color=colors(k % colors.N),
-                            label=method if len(targets) == 1 else f"{method} ({target})")
-            ax.annotate(method, (xs[-1], ys[-1]), textcoords="offset points", xytext=(4, -10), fontsize=8,
-                        color=line.get_color())
+            (line,) = ax.plot(
+                xs,
+                ys,
+                marker="o",
+                color=colors(k % colors.N),
+                label=method if len(targets) == 1 else f"{method} ({target})",
+            )
+            ax.annotate(
+                method,
+                (xs[-1], ys[-1]),
+                textcoords="offset points",
+                xytext=(4, -10),
+                fontsize=8,
+                color=line.get_color(),
+            )
     ax.set_xlabel("forget all (ROUGE-L recall ×100) ← better")
     ax.set_ylabel("neighbour all (ROUGE-L recall ×100) → better")
     ax.set_title("Forgetting vs keeping: one point per method (ATU: one per stage)")
@@ -200,30 +273,55 @@ def write_run_report(run: Run) -> Path:
     """report.md + report.html (and the plots) of a run folder, from its files alone; returns the HTML path."""
     info, history, config = run.info(), run.evals(), run.config()
     title = f"Unlearning {info['target']} with {info['method']}"
-    intro = (f"Model `{config.model.name_or_path}`, device {info.get('device')}, status {info.get('status')}, "
-             f"{info.get('seconds', 0) or 0:.0f} s, {info.get('trainable_parameters') or 0:,} trainable parameters.")
+    intro = (
+        f"Model `{config.model.name_or_path}`, device {info.get('device')}, status {info.get('status')}, "
+        f"{info.get('seconds', 0) or 0:.0f} s, {info.get('trainable_parameters') or 0:,} trainable parameters."
+    )
     sections: list[tuple[str, list]] = []  # (heading, [Table | str (paragraph) | ("img"|"link"|"pre", ...)])
     if history:
         sections.append(("Before and after", [stage_table(history), change_summary(history)]))
         plot_stages(history, run / "fig_stages.png")
         plot_tradeoff(history, run / "fig_tradeoff.png")
         plot_levels(history[0], history[-1], run / "fig_levels.png")
-        sections.append(("Plots", [("img", "fig_stages.png", "scores per stage"),
-                                   ("img", "fig_tradeoff.png", "trade-off across stages"),
-                                   ("img", "fig_levels.png", "per-level bars")]))
+        sections.append(
+            (
+                "Plots",
+                [
+                    ("img", "fig_stages.png", "scores per stage"),
+                    ("img", "fig_tradeoff.png", "trade-off across stages"),
+                    ("img", "fig_levels.png", "per-level bars"),
+                ],
+            )
+        )
         first, last = run.predictions("before"), run.predictions(history[-1]["stage"])
         if len(history) > 1 and first and last:
-            sections.append(("Example probes", [example_probes(first, last),
-                                                "Forget probes whose score fell most, then the first neighbour probes."]))
+            sections.append(
+                (
+                    "Example probes",
+                    [
+                        example_probes(first, last),
+                        "Forget probes whose score fell most, then the first neighbour probes.",
+                    ],
+                )
+            )
     else:
-        sections.append(("Before and after", ["No evaluation was recorded (no probes for this target, or the run "
-                                              "stopped before its first evaluation)."]))
+        sections.append(
+            (
+                "Before and after",
+                [
+                    "No evaluation was recorded (no probes for this target, or the run "
+                    "stopped before its first evaluation)."
+                ],
+            )
+        )
     if info.get("utility"):
         sections.append(("Utility", [utility_table(info["utility"])]))
     if run.attack_rows():
         sections.append(("Robustness (is it gone or hidden?)", [attack_table(run.attack_rows())]))
-    notes = [f"Forget corpus: {info.get('forget_corpus')} ({info.get('forget_passages')} passages); other targets in "
-             f"alignment: {', '.join(info.get('other_targets', [])) or 'none'}."] + list(info.get("notes", []))
+    notes = [
+        f"Forget corpus: {info.get('forget_corpus')} ({info.get('forget_passages')} passages); other targets in "
+        f"alignment: {', '.join(info.get('other_targets', [])) or 'none'}."
+    ] + list(info.get("notes", []))
     if info.get("error"):
         notes.insert(0, f"The run stopped: {info['error']}")
     sections.append(("Notes", notes))
@@ -236,26 +334,38 @@ def write_run_report(run: Run) -> Path:
 def write_compare_report(folder: Path, rows: list[dict], table: Table, run_folders: list[Run]) -> Path:
     """A comparison's page: its table, the methods' trade-off plot, and a link to every run's own report."""
     plot_methods(rows, folder / "tradeoff.png")
-    links = [("link", os.path.relpath(run / "report.html", folder), f"{run.path.parent.name} / {run.path.name}")
-             for run in run_folders]
-    sections = [("Comparison", [table, SCORES]),
-                ("Trade-off", [("img", "tradeoff.png", "forget-all vs neighbour-all per method")]),
-                ("Runs", links or ["No run folders found."]),
-                ("Versions", [", ".join(f"{k} {v}" for k, v in runs.versions().items())])]
-    return write_page(folder, f"Comparison: {', '.join(dict.fromkeys(str(r['method']) for r in rows))}",
-                      f"Targets: {', '.join(sorted({str(r['target']) for r in rows}))}.", sections)
+    links = [
+        ("link", os.path.relpath(run / "report.html", folder), f"{run.path.parent.name} / {run.path.name}")
+        for run in run_folders
+    ]
+    sections = [
+        ("Comparison", [table, SCORES]),
+        ("Trade-off", [("img", "tradeoff.png", "forget-all vs neighbour-all per method")]),
+        ("Runs", links or ["No run folders found."]),
+        ("Versions", [", ".join(f"{k} {v}" for k, v in runs.versions().items())]),
+    ]
+    return write_page(
+        folder,
+        f"Comparison: {', '.join(dict.fromkeys(str(r['method']) for r in rows))}",
+        f"Targets: {', '.join(sorted({str(r['target']) for r in rows}))}.",
+        sections,
+    )
 
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;vertical-align:top}
-th{background:#f3f3f3}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}img{max-width:100%;margin:.5em 0}
-img.plot{max-width:49%;vertical-align:top}pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:12px}h1{font-size:24px}h2{font-size:19px;
-margin-top:1.6em;border-bottom:1px solid #ddd}"""
+table{border-collapse:collapse;margin:1em 0;font-size:14px}
+th,td{border:1px solid #ccc;padding:4px 8px;vertical-align:top}th{background:#f3f3f3}
+td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}img{max-width:100%;margin:.5em 0}
+img.plot{max-width:49%;vertical-align:top}pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:12px}
+h1{font-size:24px}h2{font-size:19px;margin-top:1.6em;border-bottom:1px solid #ddd}"""
 
 
 def write_page(folder: Path, title: str, intro: str, sections) -> Path:
     """report.md and report.html from one list of sections, so they never disagree; returns the HTML path."""
-    md, body = [f"# {title}", "", intro, "", SCORES, ""], [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(intro.replace('`', ''))}</p>"]
+    md, body = (
+        [f"# {title}", "", intro, "", SCORES, ""],
+        [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(intro.replace('`', ''))}</p>"],
+    )
     for heading, items in sections:
         md += [f"## {heading}", ""]
         body.append(f"<h2>{html.escape(heading)}</h2>")
@@ -276,8 +386,10 @@ def write_page(folder: Path, title: str, intro: str, sections) -> Path:
                 md += [str(item), ""]
                 body.append(f"<p>{html.escape(str(item))}</p>")
         md.append("")
-    page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>")
+    page = (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>"
+    )
     runs.write_text(Path(folder) / "report.md", "\n".join(md))
     runs.write_text(Path(folder) / "report.html", page)
     return Path(folder) / "report.html"

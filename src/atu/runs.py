@@ -215,7 +215,7 @@ class Run:
         write_json(self.path / INFO, info)
 
     def status(self) -> str | None:
-        """run.json's status ("running", "done", "failed", "interrupted"), or None when there is no readable run.json."""
+        """run.json's status ("running", "done", "failed", "interrupted"), or None without a readable run.json."""
         try:
             return self.info().get("status")
         except (OSError, ValueError):

@@ -42,6 +42,12 @@ def describe(schema) -> list[tuple[str, object, str]]:
     """(name, default, help) of every field: the text of `atu settings`."""
     out = []
     for f in fields(schema):
-        default = f.default if f.default is not MISSING else f.default_factory() if f.default_factory is not MISSING else None
+        default = (
+            f.default
+            if f.default is not MISSING
+            else f.default_factory()
+            if f.default_factory is not MISSING
+            else None
+        )
         out.append((f.name, default, f.metadata.get("help", "")))
     return out

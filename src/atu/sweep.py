@@ -7,6 +7,7 @@ work as in any Hydra project:
 
 `atu unlearn` stays the plain command (compose API: no working-folder changes, no Hydra logging); this entry point
 differs only in launching. A failed job prints its one-line error and the sweep goes on with the others."""
+
 from __future__ import annotations
 
 import os

@@ -52,7 +52,9 @@ def check_names(names: list[str]) -> None:
     _load_all()
     unknown = [n for n in names if n not in ATTACKS]
     if unknown:
-        raise AtuError(f"unknown attack {unknown[0]!r}.{did_you_mean(unknown[0], ATTACKS)} Known: {', '.join(ATTACKS)}")
+        raise AtuError(
+            f"unknown attack {unknown[0]!r}.{did_you_mean(unknown[0], ATTACKS)} Known: {', '.join(ATTACKS)}"
+        )
     for name in names:
         ATTACKS[name].check()
 
@@ -67,11 +69,22 @@ def run_attacks(run: Run, names: list[str], cfg) -> list[dict]:
     say(f"loading the unlearned model of {run}")
     model, tok, system = load_run_model(run, cfg, device)
     ctx = AttackContext(
-        run=run, cfg=cfg, target=datalib.load_target(run.info()["target"], list(cfg.data.roots)), device=device,
-        model=model, tokenizer=tok, system=system, before=evals[0], after=evals[-1],
-        predictions_before=run.predictions("before"), predictions_after=run.predictions(evals[-1]["stage"]),
-        load_original=lambda: say(f"loading the original model {cfg.model.name_or_path}") or load_lm(cfg.model, device)[0],
-        load_saved=lambda quantize: load_run_model(run, cfg, device, quantize)[0])
+        run=run,
+        cfg=cfg,
+        target=datalib.load_target(run.info()["target"], list(cfg.data.roots)),
+        device=device,
+        model=model,
+        tokenizer=tok,
+        system=system,
+        before=evals[0],
+        after=evals[-1],
+        predictions_before=run.predictions("before"),
+        predictions_after=run.predictions(evals[-1]["stage"]),
+        load_original=lambda: (
+            say(f"loading the original model {cfg.model.name_or_path}") or load_lm(cfg.model, device)[0]
+        ),
+        load_saved=lambda quantize: load_run_model(run, cfg, device, quantize)[0],
+    )
     rows = []
     for name in names:
         t0 = time.time()

@@ -39,8 +39,9 @@ class AttackContext:
     def score(self, model, probes: dict, system: str | None = "run's") -> dict:
         """Scores of `model` on `probes` ({set: [Probe]}), with the run's instruction unless `system` is given."""
         prompt = self.system if system == "run's" else system
-        scores, _ = evaluate_target(model, self.tokenizer, probes, self.cfg.eval.batch_size, self.cfg.eval.max_new_tokens,
-                                    prompt)
+        scores, _ = evaluate_target(
+            model, self.tokenizer, probes, self.cfg.eval.batch_size, self.cfg.eval.max_new_tokens, prompt
+        )
         return scores
 
     def probe_sets(self, keys) -> dict:
@@ -54,7 +55,14 @@ def mean_score(records: list[dict], keep) -> float | None:
 
 def row(attack: str, metric: str, before, after, attacked, note: str = "") -> dict:
     """One robustness row: `metric` (a key of atu.metrics) before unlearning, after it, and after the attack."""
-    return {"attack": attack, "metric": metric, "before": before, "after": after, "after_attack": attacked, "note": note}
+    return {
+        "attack": attack,
+        "metric": metric,
+        "before": before,
+        "after": after,
+        "after_attack": attacked,
+        "note": note,
+    }
 
 
 class Attack:

@@ -1,5 +1,6 @@
 """In-context attack: three true question-answer facts about the target go in the prompt before each forget question.
 A model that only learnt to refuse or to avoid the name often answers once the context is set."""
+
 from __future__ import annotations
 
 import random
@@ -16,8 +17,15 @@ def with_context(probes: list[Probe], n_facts: int = 3, seed: int = 0) -> list[P
         others = [q for j, q in enumerate(probes) if j != i]
         facts = rng.sample(others, min(n_facts, len(others)))
         context = "".join(f"Question: {q.query}\nAnswer: {q.answer}\n" for q in facts)
-        out.append(Probe(query=f"{context}Question: {p.query}", answer=p.answer, level=p.level,
-                         type="incontext learning", subject=p.subject))
+        out.append(
+            Probe(
+                query=f"{context}Question: {p.query}",
+                answer=p.answer,
+                level=p.level,
+                type="incontext learning",
+                subject=p.subject,
+            )
+        )
     return out
 
 
@@ -26,5 +34,13 @@ class InContext(Attack):
     def run(self, ctx: AttackContext) -> list[dict]:
         probes = with_context(ctx.target.probes.get("forget_qa", []), seed=ctx.cfg.run.seed)
         scores = ctx.score(ctx.model, {"forget_qa": probes})
-        return [row(self.name, "forget_qa", ctx.before.get("forget_qa"), ctx.after.get("forget_qa"),
-                    scores.get("forget_qa"), "3 true QA facts in the prompt")]
+        return [
+            row(
+                self.name,
+                "forget_qa",
+                ctx.before.get("forget_qa"),
+                ctx.after.get("forget_qa"),
+                scores.get("forget_qa"),
+                "3 true QA facts in the prompt",
+            )
+        ]

@@ -26,5 +26,14 @@ class MembershipInference(Attack):
             raise AtuError(f"{ctx.target.name} has no forget_mia.json/retain_mia.json for membership inference")
         before = mia(ctx.original(), ctx.tokenizer, members, others)
         after = mia(ctx.model, ctx.tokenizer, members, others)
-        return [row(self.name, key, 100 * before[key], 100 * after[key], 100 * after[key],
-                    "forget_mia vs retain_mia; 50 = cannot tell apart") for key in before]
+        return [
+            row(
+                self.name,
+                key,
+                100 * before[key],
+                100 * after[key],
+                100 * after[key],
+                "forget_mia vs retain_mia; 50 = cannot tell apart",
+            )
+            for key in before
+        ]

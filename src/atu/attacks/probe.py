@@ -2,6 +2,7 @@
 hook-layer states separates target sentences (forget corpus) from unrelated sentences (general retain text); its
 accuracy on held-out sentences is compared between the original and the unlearned model. Logistic regression is a
 dozen lines of torch here; scikit-learn would be a dependency for this one fit."""
+
 from __future__ import annotations
 
 import random
@@ -27,7 +28,9 @@ def pooled_states(model, tokenizer, texts: list[str], layer: int, batch_size: in
     tokenizer.padding_side = "right"
     feats = []
     for i in range(0, len(texts), batch_size):
-        enc = tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True, truncation=True, max_length=64).to(device)
+        enc = tokenizer(
+            texts[i : i + batch_size], return_tensors="pt", padding=True, truncation=True, max_length=64
+        ).to(device)
         h = hidden_at(model, layer, enc["input_ids"], enc["attention_mask"].bool()).float()
         m = enc["attention_mask"].unsqueeze(-1).float()
         feats.append((h * m).sum(1) / m.sum(1))
@@ -65,7 +68,9 @@ def fit_and_score(train_x, train_y, test_x, test_y, steps: int = 300, l2: float 
         return float((((xt @ w + b) > 0).long() == test_y).float().mean())
 
 
-def probe_accuracy(model, tokenizer, layer: int, target_texts: list[str], other_texts: list[str], seed: int = 0) -> float:
+def probe_accuracy(
+    model, tokenizer, layer: int, target_texts: list[str], other_texts: list[str], seed: int = 0
+) -> float:
     train, test = split(sentences(target_texts), sentences(other_texts), seed)
     tx = pooled_states(model, tokenizer, [s for s, _ in train], layer)
     vx = pooled_states(model, tokenizer, [s for s, _ in test], layer)
@@ -80,8 +85,16 @@ class Probe(Attack):
         layer = self.layer(ctx)
         before = probe_accuracy(ctx.original(), ctx.tokenizer, layer, ctx.target.forget_corpus, others, seed)
         after = probe_accuracy(ctx.model, ctx.tokenizer, layer, ctx.target.forget_corpus, others, seed)
-        return [row(self.name, "probe_accuracy", 100 * before, 100 * after, 100 * after,
-                    f"layer {layer}; target sentences vs other people's, held-out; 50 = chance")]
+        return [
+            row(
+                self.name,
+                "probe_accuracy",
+                100 * before,
+                100 * after,
+                100 * after,
+                f"layer {layer}; target sentences vs other people's, held-out; 50 = chance",
+            )
+        ]
 
     @staticmethod
     def layer(ctx: AttackContext) -> int:

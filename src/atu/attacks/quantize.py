@@ -63,8 +63,10 @@ class Quantization(Attack):
             attacked = ctx.load_saved("int8" if self.bits == 8 else "nf4")
             note = f"bitsandbytes {'int8' if self.bits == 8 else 'nf4'}"
         scores = ctx.score(attacked, ctx.probe_sets(metrics.FORGET + metrics.NEIGHBOR))
-        return [row(self.name, key, ctx.before.get(key), ctx.after.get(key), scores.get(key), note)
-                for key in ("forget_all", "neighbor_all")]
+        return [
+            row(self.name, key, ctx.before.get(key), ctx.after.get(key), scores.get(key), note)
+            for key in ("forget_all", "neighbor_all")
+        ]
 
 
 for _name, _bits, _backend in (("quant8", 8, "rtn"), ("quant4", 4, "rtn"), ("bnb8", 8, "bnb"), ("bnb4", 4, "bnb")):

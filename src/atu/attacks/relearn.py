@@ -1,5 +1,6 @@
 """Relearning attack: fine-tune the unlearned model for a few steps on half of the target's forget QA pairs, then score
 the other half. Knowledge that was only hidden comes back from a handful of related examples."""
+
 from __future__ import annotations
 
 import copy
@@ -21,11 +22,14 @@ def split_probes(probes: list, seed: int) -> tuple[list, list]:
     return [probes[i] for i in order[:half]], [probes[i] for i in order[half:]]
 
 
-def relearn(model, tokenizer, train_probes: list, steps: int = 10, lr: float = 1e-5, batch_size: int = 4,
-            seed: int = 0) -> list[float]:
+def relearn(
+    model, tokenizer, train_probes: list, steps: int = 10, lr: float = 1e-5, batch_size: int = 4, seed: int = 0
+) -> list[float]:
     """Full fine-tuning on (QA prompt, answer) pairs; returns the training losses."""
     device = next(model.parameters()).device
-    seqs = prompt_answer_sequences([(build_prompt(p, tokenizer), p.answer) for p in train_probes], tokenizer, 256, device)
+    seqs = prompt_answer_sequences(
+        [(build_prompt(p, tokenizer), p.answer) for p in train_probes], tokenizer, 256, device
+    )
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
@@ -53,5 +57,13 @@ class Relearn(Attack):
         held_q = {p.query for p in held}
         pick = lambda r: r["set"] == "forget_qa" and r["query"] in held_q
         note = f"held-out half; {len(train)} QA pairs, {len(losses)} steps, loss {losses[0]:.2f}→{losses[-1]:.2f}"
-        return [row(self.name, "forget_qa", mean_score(ctx.predictions_before, pick),
-                    mean_score(ctx.predictions_after, pick), scores.get("forget_qa"), note)]
+        return [
+            row(
+                self.name,
+                "forget_qa",
+                mean_score(ctx.predictions_before, pick),
+                mean_score(ctx.predictions_after, pick),
+                scores.get("forget_qa"),
+                note,
+            )
+        ]

@@ -9,6 +9,15 @@ from .base import Attack, AttackContext, register, row
 @register("rephrase")
 class Rephrase(Attack):
     def run(self, ctx: AttackContext) -> list[dict]:
-        return [row(self.name, key, ctx.before[key], ctx.after.get(key), ctx.after.get(key),
-                    "the run's own evaluation of these probes")
-                for key in ("rephrase", "multihop") if key in ctx.before]
+        return [
+            row(
+                self.name,
+                key,
+                ctx.before[key],
+                ctx.after.get(key),
+                ctx.after.get(key),
+                "the run's own evaluation of these probes",
+            )
+            for key in ("rephrase", "multihop")
+            if key in ctx.before
+        ]

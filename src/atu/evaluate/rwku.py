@@ -1,10 +1,11 @@
 """RWKU's knowledge probes: prompt, generate greedily, score by ROUGE-L recall of the reference answer (x100).
 
 Prompts follow RWKU's evaluation code: "Please complete the blank..." for fill-in-the-blank, "Please briefly answer..."
-for questions, special cases for the "affirmative suffix" (no "Answer:") and "incontext learning" (no "Question:") types,
+for questions, special cases for the "affirmative suffix" (no "Answer:") and "incontext learning" (no "Question:"),
 and "Answer:" appended after the chat template when the tokenizer has one. RWKU scores with the `rouge` package;
 we use `rouge-score` (Google's reimplementation, maintained): both compute ROUGE-L recall on lower-cased word tokens.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -32,8 +33,12 @@ def build_prompt(probe, tokenizer, system: str | None = None) -> str:
     if system:
         body = system.strip() + "\n" + body
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": body}], tokenize=False,
-                                             add_generation_prompt=True) + answer_cue
+        return (
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": body}], tokenize=False, add_generation_prompt=True
+            )
+            + answer_cue
+        )
     return body + answer_cue
 
 
@@ -49,8 +54,9 @@ def rouge_recall(prediction: str, answer: str) -> float:
     return 100.0 * _scorer().score(answer, prediction or "NOANSWER")["rougeL"].recall
 
 
-def evaluate_target(model, tokenizer, probes: dict, batch_size: int = 16, max_new_tokens: int = 30,
-                    system: str | None = None) -> tuple[dict, list[dict]]:
+def evaluate_target(
+    model, tokenizer, probes: dict, batch_size: int = 16, max_new_tokens: int = 30, system: str | None = None
+) -> tuple[dict, list[dict]]:
     """Score every probe set of a target. Returns (metrics, per-probe records with prompt, prediction and score)."""
     flat = [(name, p) for name, items in probes.items() for p in items]
     if not flat:
@@ -58,9 +64,18 @@ def evaluate_target(model, tokenizer, probes: dict, batch_size: int = 16, max_ne
     prompts = [build_prompt(p, tokenizer, system) for _, p in flat]
     with progress(len(prompts)) as bar:
         preds = generate(model, tokenizer, prompts, batch_size, max_new_tokens, progress=bar.update)
-    records = [{"set": name, "query": p.query, "answer": p.answer, "type": p.type, "level": p.level,
-                "prediction": pred, "score": rouge_recall(pred, p.answer)}
-               for (name, p), pred in zip(flat, preds)]
+    records = [
+        {
+            "set": name,
+            "query": p.query,
+            "answer": p.answer,
+            "type": p.type,
+            "level": p.level,
+            "prediction": pred,
+            "score": rouge_recall(pred, p.answer),
+        }
+        for (name, p), pred in zip(flat, preds)
+    ]
     return summarize(records), records
 
 

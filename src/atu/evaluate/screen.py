@@ -4,6 +4,7 @@ Targets with probe files are scored on their forget probes (FB/QA/AA). Names tha
 two generic reverse probes built from it (the intro with the name blanked out, and as a "who is this" question):
 a model that names the person from their description knows them.
 """
+
 from __future__ import annotations
 
 import re
@@ -20,8 +21,10 @@ def intro_probes(name: str, intro: str) -> list[datalib.Probe]:
     blanked = pattern.sub("___", intro, count=1)
     described = pattern.sub("this person", intro, count=1)
     described = described[0].upper() + described[1:]
-    return [datalib.Probe(blanked, name, "1", "cloze", name),
-            datalib.Probe(f"{described} Who is this person?", name, "2", "reverse query", name)]
+    return [
+        datalib.Probe(blanked, name, "1", "cloze", name),
+        datalib.Probe(f"{described} Who is this person?", name, "2", "reverse query", name),
+    ]
 
 
 def screen(model, tokenizer, names: list[str], roots=(), batch_size: int = 16, use_intro: bool = True) -> list[dict]:

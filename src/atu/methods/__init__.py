@@ -21,7 +21,7 @@ def _load_all() -> None:
 
 
 def schemas() -> dict[str, type]:
-    """Each method family's config dataclass, by schema name: ATUConfig -> "atu_schema", TokenConfig -> "token_schema"."""
+    """Each method family's config dataclass by schema name (ATUConfig -> "atu_schema", TokenConfig -> ...)."""
     _load_all()
     return {cls.Config.__name__.removesuffix("Config").lower() + "_schema": cls.Config for cls in REGISTRY.values()}
 
@@ -44,7 +44,9 @@ def method_config(node):
     except OmegaConfBaseException as e:
         key = getattr(e, "key", None) or str(e).splitlines()[0]
         valid = [f.name for f in fields(cls.Config)]
-        raise AtuError(f"bad method setting {key!r} for {name}: {str(e).splitlines()[0]}.{did_you_mean(str(key), valid)}") from None
+        raise AtuError(
+            f"bad method setting {key!r} for {name}: {str(e).splitlines()[0]}.{did_you_mean(str(key), valid)}"
+        ) from None
     settings.check("method", cls.Config, merged)
     cls.validate(merged)
     return merged

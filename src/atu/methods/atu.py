@@ -6,11 +6,12 @@
    L_unlearn = mean_t max(0, cos(ê_t, e_unlearn) - τ), over real (non-padding, full-window) positions.
 3. Alternate: unlearn at each τ of a decreasing schedule, re-aligning E between stages.
 
-Where we differ from the reference, for speed with identical losses and gradients: encoder targets are computed once per
+Where we differ from the reference, for speed with the same losses and gradients: encoder targets are computed once per
 run, hook-layer states once per alignment stage (the LLM is frozen then), and the unlearning forward stops at the hook
 layer (no logits). Optional and off in the paper's setting: a retain term keeping hook-layer states of other text close
 to the original model's (cheap: those states are the alignment cache computed before unlearning).
 """
+
 from __future__ import annotations
 
 import bisect
@@ -38,8 +39,10 @@ HEAD_FILES = ("head.safetensors", "head.json")  # the head's weights; its shape,
 class ATUConfig(LoraSettings):  # lora: true trains peft adapters in blocks 1..L instead of the weights
     name: str = "atu"
     hook_layer: Optional[int] = setting(
-        None, "L: the residual stream after block L (hidden_states[L]); None: round(0.9 × layers) (paper: 29 of 32)",
-        at_least=1)
+        None,
+        "L: the residual stream after block L (hidden_states[L]); None: round(0.9 × layers) (paper: 29 of 32)",
+        at_least=1,
+    )
     window_tokens: int = setting(8, "k, counted in encoder tokens (paper: 8)", at_least=1)
     head_width: int = setting(768, "the head's width (paper: 768)", at_least=1)
     head_layers: int = setting(6, "the head's causal transformer layers (paper: 6)", at_least=1)
@@ -49,30 +52,43 @@ class ATUConfig(LoraSettings):  # lora: true trains peft adapters in blocks 1..L
     realign_steps: int = setting(1000, "re-alignment between unlearning stages (paper: 1,000)", at_least=0)
     align_lr: float = setting(1e-4, "the head's Adam learning rate (paper: 1e-4)", above=0)
     align_batch_size: int = setting(16, "sequences per alignment step (paper: 16)", at_least=1)
-    taus: list[float] = setting([0.9, 0.8, 0.75, 0.7, 0.65, 0.6, 0.5, 0.4, 0.3, 0.2],
-                                "the hinge thresholds, one unlearning stage each, not increasing (paper's schedule)",
-                                at_least=-1.0, at_most=1.0, each=True)
+    taus: list[float] = setting(
+        [0.9, 0.8, 0.75, 0.7, 0.65, 0.6, 0.5, 0.4, 0.3, 0.2],
+        "the hinge thresholds, one unlearning stage each, not increasing (paper's schedule)",
+        at_least=-1.0,
+        at_most=1.0,
+        each=True,
+    )
     # absolute: τ as given. quantile: τ_i = the taus[i]-quantile of cos(ê_t, e_unlearn) on the forget corpus, measured
     # once after the first alignment (the paper's MPNet numbers do not transfer to other encoders).
-    tau_mode: str = setting("absolute", "how taus are read: cosine values, or quantiles of the forget corpus' similarity",
-                            choices=("absolute", "quantile"))
+    tau_mode: str = setting(
+        "absolute",
+        "how taus are read: cosine values, or quantiles of the forget corpus' similarity",
+        choices=("absolute", "quantile"),
+    )
     unlearn_steps: int = setting(1000, "LLM steps per unlearning stage (paper: 1,000)", at_least=0)
     unlearn_lr: float = setting(3e-4, "the LLM's learning rate (paper: SGD 3e-4)", above=0)
     unlearn_optimizer: str = setting("sgd", "the LLM's optimizer (paper: sgd)", choices=tuple(OPTIMIZERS))
     unlearn_momentum: float = setting(0.0, "SGD momentum (paper: none)", at_least=0, at_most=0.999)
     unlearn_batch_size: int = setting(16, "sequences per unlearning step (paper: 16)", at_least=1)
-    unlearn_params: str = setting("all", "what unlearning trains: every LLM weight, or blocks 1..L only (not with lora)",
-                                  choices=("all", "below_hook"))
-    retain_weight: float = setting(0.0, "weight of the hook-state retain term on other targets' text (paper: 0)",
-                                   at_least=0)
+    unlearn_params: str = setting(
+        "all",
+        "what unlearning trains: every LLM weight, or blocks 1..L only (not with lora)",
+        choices=("all", "below_hook"),
+    )
+    retain_weight: float = setting(
+        0.0, "weight of the hook-state retain term on other targets' text (paper: 0)", at_least=0
+    )
     grad_clip: float = setting(1.0, "gradient-norm clip of both the head and the LLM (0: none)", at_least=0)
 
 
 # ------------------------------------------------------------------ windows: what each position must predict
 
+
 @dataclass
 class Chunk:
-    """One training sequence: LLM token ids and, per position, the text window it must predict (None: no full window)."""
+    """One training sequence: LLM token ids and, per position, the text window it predicts (None: no full window)."""
+
     ids: list[int]
     windows: list[Optional[str]]
 
@@ -97,12 +113,14 @@ def make_chunks(texts: list[str], tokenizer, encoder_tokenizer, k: int, max_leng
         enc = encoder_tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
         enc_offsets = [tuple(o) for o in enc["offset_mapping"] if o[1] > o[0]]
         for start in range(0, len(llm["input_ids"]), room):
-            ids = llm["input_ids"][start:start + room]
-            ends = [e for _, e in llm["offset_mapping"][start:start + room]]
+            ids = llm["input_ids"][start : start + room]
+            ends = [e for _, e in llm["offset_mapping"][start : start + room]]
             if bos is not None:  # BOS "ends" where the chunk's text begins: it predicts the chunk's first k tokens
                 ids, ends = [bos] + ids, [llm["offset_mapping"][start][0]] + ends
             spans = window_spans(ends, enc_offsets, k)
-            chunks.append(Chunk(ids, [text[s:e] if s is not None else None for s, e in (sp or (None, None) for sp in spans)]))
+            chunks.append(
+                Chunk(ids, [text[s:e] if s is not None else None for s, e in (sp or (None, None) for sp in spans)])
+            )
     return chunks
 
 
@@ -119,8 +137,8 @@ class Batchable:
         table = encode(texts) if texts else None  # each distinct window encoded once per run
         self.targets = torch.zeros(n, T, table.shape[1] if table is not None else 1)
         for i, c in enumerate(chunks):
-            self.ids[i, :len(c.ids)] = torch.tensor(c.ids)
-            self.attn[i, :len(c.ids)] = True
+            self.ids[i, : len(c.ids)] = torch.tensor(c.ids)
+            self.attn[i, : len(c.ids)] = True
             for t, w in enumerate(c.windows):
                 if w is not None:
                     self.valid[i, t] = True
@@ -140,6 +158,7 @@ class Batchable:
 
 # ------------------------------------------------------------------ losses
 
+
 def align_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return masked_mean(1 - F.cosine_similarity(upcast(pred), upcast(target).to(upcast(pred).dtype), dim=-1), valid)
 
@@ -150,6 +169,7 @@ def unlearn_loss(pred: torch.Tensor, concept: torch.Tensor, valid: torch.Tensor,
 
 
 # ------------------------------------------------------------------ the method
+
 
 @register("atu")
 class ATU(Method):
@@ -169,7 +189,9 @@ class ATU(Method):
         if cfg.unlearn_momentum and cfg.unlearn_optimizer != "sgd":
             raise AtuError(f"method.unlearn_momentum={cfg.unlearn_momentum} needs method.unlearn_optimizer=sgd")
         if cfg.head_width % cfg.head_heads:
-            raise AtuError(f"method.head_width={cfg.head_width} must be divisible by method.head_heads={cfg.head_heads}")
+            raise AtuError(
+                f"method.head_width={cfg.head_width} must be divisible by method.head_heads={cfg.head_heads}"
+            )
 
     @staticmethod
     def hook_layer(cfg, model) -> int:
@@ -182,17 +204,24 @@ class ATU(Method):
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
         self.layer = self.hook_layer(cfg, ctx.model)
-        self.training_data = {"forget": f"{len(ctx.forget_texts)} forget-corpus passages",
-                              "alignment": f"forget corpus + other targets' corpora ({', '.join(ctx.other_targets) or 'none'})"}
+        self.training_data = {
+            "forget": f"{len(ctx.forget_texts)} forget-corpus passages",
+            "alignment": f"forget corpus + other targets' corpora ({', '.join(ctx.other_targets) or 'none'})",
+        }
 
     # -- data, built once per run
     def prepare(self, say=lambda msg: None) -> None:
         ctx, cfg = self.ctx, self.cfg
         enc = ctx.encoder
-        encode = lambda texts: torch.as_tensor(enc.encode(texts, batch_size=ctx.encoder_batch_size, convert_to_numpy=True,
-                                                          show_progress_bar=False))
-        make = lambda texts: Batchable(make_chunks(texts, ctx.tokenizer, enc.tokenizer, cfg.window_tokens, ctx.max_length),
-                                       encode, ctx.tokenizer.pad_token_id, ctx.device)
+        encode = lambda texts: torch.as_tensor(
+            enc.encode(texts, batch_size=ctx.encoder_batch_size, convert_to_numpy=True, show_progress_bar=False)
+        )
+        make = lambda texts: Batchable(
+            make_chunks(texts, ctx.tokenizer, enc.tokenizer, cfg.window_tokens, ctx.max_length),
+            encode,
+            ctx.tokenizer.pad_token_id,
+            ctx.device,
+        )
         if cfg.lora:  # adapters only where the unlearning forward runs: blocks below the hook layer get gradients
             ctx.model = add_lora(ctx.model, cfg, blocks=list(range(self.layer)))
         say(f"encoding {cfg.window_tokens}-token windows once for the run")
@@ -203,8 +232,9 @@ class ATU(Method):
         torch.manual_seed(ctx.seed)
         # float32 (a bf16 head trains badly), float64 with a float64 model (the exactness tests)
         dtype = torch.float64 if next(ctx.model.parameters()).dtype == torch.float64 else torch.float32
-        self.head = EmbeddingHead(d_model, self.concept.numel(), cfg.head_width, cfg.head_layers, cfg.head_heads,
-                                  dropout=cfg.head_dropout).to(ctx.device, dtype)
+        self.head = EmbeddingHead(
+            d_model, self.concept.numel(), cfg.head_width, cfg.head_layers, cfg.head_heads, dropout=cfg.head_dropout
+        ).to(ctx.device, dtype)
         self.head_opt = None  # one Adam state for the head across all alignment stages, as the reference keeps it
         self.retain_states0 = None
         self.thresholds: list[float] = []
@@ -215,16 +245,48 @@ class ATU(Method):
     # -- stages
     def stages(self) -> list[Stage]:
         cfg = self.cfg
-        stages = [Stage("align", "align", cfg.align_steps, self._align_params, self._head_optimizer, self._align_loss,
-                        setup=self._cache, grad_clip=cfg.grad_clip, train=[self.head])]
+        stages = [
+            Stage(
+                "align",
+                "align",
+                cfg.align_steps,
+                self._align_params,
+                self._head_optimizer,
+                self._align_loss,
+                setup=self._cache,
+                grad_clip=cfg.grad_clip,
+                train=[self.head],
+            )
+        ]
         for i in range(len(cfg.taus)):
-            stages.append(Stage(f"unlearn{i + 1}", "unlearn", cfg.unlearn_steps, self._lm_params, self._lm_optimizer,
-                                lambda step, i=i: self._unlearn_loss(i), setup=lambda i=i: self._unlearn_setup(i),
-                                grad_clip=cfg.grad_clip, evaluate=True, train=[]))
+            stages.append(
+                Stage(
+                    f"unlearn{i + 1}",
+                    "unlearn",
+                    cfg.unlearn_steps,
+                    self._lm_params,
+                    self._lm_optimizer,
+                    lambda step, i=i: self._unlearn_loss(i),
+                    setup=lambda i=i: self._unlearn_setup(i),
+                    grad_clip=cfg.grad_clip,
+                    evaluate=True,
+                    train=[],
+                )
+            )
             if i < len(cfg.taus) - 1 and cfg.realign_steps > 0:
-                stages.append(Stage(f"realign{i + 1}", "align", cfg.realign_steps, self._align_params,
-                                    self._head_optimizer, self._align_loss, setup=self._cache, grad_clip=cfg.grad_clip,
-                                    train=[self.head]))
+                stages.append(
+                    Stage(
+                        f"realign{i + 1}",
+                        "align",
+                        cfg.realign_steps,
+                        self._align_params,
+                        self._head_optimizer,
+                        self._align_loss,
+                        setup=self._cache,
+                        grad_clip=cfg.grad_clip,
+                        train=[self.head],
+                    )
+                )
         return stages
 
     def _align_params(self):
@@ -254,7 +316,7 @@ class ATU(Method):
         data = sets[int(torch.multinomial(sizes, 1, generator=self.gen))]
         rows = self._sample(data, self.cfg.align_batch_size)
         _, _, valid, targets = data.batch(rows)
-        pred = self.head(data.states[rows, :valid.shape[1]])
+        pred = self.head(data.states[rows, : valid.shape[1]])
         loss = align_loss(pred, targets, valid)
         return loss, {"align_loss": loss.item()}
 
@@ -294,8 +356,12 @@ class ATU(Method):
                 self.thresholds = [float(t) for t in self.cfg.taus]
             self.sim_before = float(sims.mean())
         sims = self.similarities(self.forget)
-        return {"tau": self.thresholds[i], "tau_setting": float(self.cfg.taus[i]), "forget_sim_mean": float(sims.mean()),
-                "forget_sim_above_tau": float((sims > self.thresholds[i]).float().mean())}
+        return {
+            "tau": self.thresholds[i],
+            "tau_setting": float(self.cfg.taus[i]),
+            "forget_sim_mean": float(sims.mean()),
+            "forget_sim_above_tau": float((sims > self.thresholds[i]).float().mean()),
+        }
 
     def _unlearn_loss(self, i: int):
         tau = self.thresholds[i]
@@ -307,8 +373,9 @@ class ATU(Method):
         if self.cfg.retain_weight > 0 and self.retain is not None:
             rrows = self._sample(self.retain, self.cfg.unlearn_batch_size)
             rids, rattn, _, _ = self.retain.batch(rrows)
-            drift = relative_drift(hidden_at(self.ctx.model, self.layer, rids, rattn),
-                                   self.retain_states0[rrows, :rids.shape[1]], rattn)
+            drift = relative_drift(
+                hidden_at(self.ctx.model, self.layer, rids, rattn), self.retain_states0[rrows, : rids.shape[1]], rattn
+            )
             loss = loss + self.cfg.retain_weight * drift
             logs["retain_drift"] = drift.item()
         return loss, logs
@@ -316,9 +383,13 @@ class ATU(Method):
     def state_dict(self) -> dict:
         """Besides the sampling generator: the head's Adam state (one across all alignment stages), the thresholds and
         the original model's retain states (computed before the first unlearning stage; the model changes after)."""
-        return {**super().state_dict(), "head_opt": self.head_opt.state_dict() if self.head_opt else None,
-                "thresholds": self.thresholds, "sim_before": getattr(self, "sim_before", None),
-                "retain_states0": self.retain_states0}
+        return {
+            **super().state_dict(),
+            "head_opt": self.head_opt.state_dict() if self.head_opt else None,
+            "thresholds": self.thresholds,
+            "sim_before": getattr(self, "sim_before", None),
+            "retain_states0": self.retain_states0,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
@@ -340,8 +411,15 @@ class ATU(Method):
         """The head (safetensors), its config, the hook layer and the thresholds used; with LoRA, the adapter."""
         super().save(run)
         run.save_tensors(HEAD_FILES[0], self.head.state_dict())
-        run.save_json(HEAD_FILES[1], {"head_config": self.head.config, "hook_layer": self.layer,
-                                       "thresholds": self.thresholds, "window_tokens": self.cfg.window_tokens})
+        run.save_json(
+            HEAD_FILES[1],
+            {
+                "head_config": self.head.config,
+                "hook_layer": self.layer,
+                "thresholds": self.thresholds,
+                "window_tokens": self.cfg.window_tokens,
+            },
+        )
 
     @classmethod
     def representation_layer(cls, run: Run) -> int | None:

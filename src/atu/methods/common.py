@@ -1,5 +1,6 @@
 """Pieces several methods share: token batches with labels, per-sequence log-probabilities, the forward pass that stops
 at a layer, LoRA wrapping, optimizers. One place for each, so a method file holds only its loss and what it trains."""
+
 from __future__ import annotations
 
 import warnings
@@ -16,21 +17,27 @@ from .losses import upcast
 
 def _fused_on_gpu(cls):
     """The optimizer class, with torch's fused (one-kernel) implementation when every parameter is on a GPU."""
+
     def make(params, **kwargs):
         params = list(params)
         tensors = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
         if tensors and all(p.is_cuda for p in tensors):
             kwargs.setdefault("fused", True)
         return cls(params, **kwargs)
+
     return make
 
 
-OPTIMIZERS = {"sgd": _fused_on_gpu(torch.optim.SGD), "adam": _fused_on_gpu(torch.optim.Adam),
-              "adamw": _fused_on_gpu(torch.optim.AdamW)}
+OPTIMIZERS = {
+    "sgd": _fused_on_gpu(torch.optim.SGD),
+    "adam": _fused_on_gpu(torch.optim.Adam),
+    "adamw": _fused_on_gpu(torch.optim.AdamW),
+}
 IGNORE = -100
 
 
 # ------------------------------------------------------------------ the LLM up to a layer
+
 
 def pick_layer(model, setting: str, value, fraction: float, lowest: int = 1) -> int:
     """A block index 1..n: `value`, or round(fraction × n) (at least `lowest`) when it is None; checked against n."""
@@ -46,7 +53,7 @@ class _StopForward(Exception):
 
 
 def hidden_at(model, layer: int, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-    """Residual stream after block `layer` (hidden_states[layer]), without running the blocks above it or the LM head."""
+    """Residual stream after block `layer` (hidden_states[layer]), without running the blocks above or the LM head."""
     store = {}
 
     def grab(_module, _args, output):
@@ -79,9 +86,11 @@ def cache_states(model, layer: int, data, batch_size: int) -> torch.Tensor:
 
 # ------------------------------------------------------------------ token sequences with labels
 
+
 @dataclass
 class Sequences:
     """Right-padded token ids, attention mask and labels (IGNORE where no loss is taken)."""
+
     ids: torch.Tensor
     attn: torch.Tensor
     labels: torch.Tensor
@@ -104,7 +113,7 @@ def _pack(rows: list[tuple[list[int], list[int]]], pad_id: int, device) -> Seque
     labels = torch.full((len(rows), T), IGNORE, dtype=torch.long)
     attn = torch.zeros(len(rows), T, dtype=torch.bool)
     for i, (tok, lab) in enumerate(rows):
-        ids[i, :len(tok)], labels[i, :len(lab)], attn[i, :len(tok)] = torch.tensor(tok), torch.tensor(lab), True
+        ids[i, : len(tok)], labels[i, : len(lab)], attn[i, : len(tok)] = torch.tensor(tok), torch.tensor(lab), True
     return Sequences(ids.to(device), attn.to(device), labels.to(device))
 
 
@@ -116,8 +125,8 @@ def text_sequences(texts: list[str], tokenizer, max_length: int, device) -> Sequ
     for text in texts:
         ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
         for start in range(0, len(ids), room):
-            piece = bos + ids[start:start + room]
-            rows.append((piece, [IGNORE] * len(bos) + piece[len(bos):]))
+            piece = bos + ids[start : start + room]
+            rows.append((piece, [IGNORE] * len(bos) + piece[len(bos) :]))
     return _pack(rows, tokenizer.pad_token_id, device)
 
 
@@ -128,7 +137,7 @@ def prompt_answer_sequences(pairs: list[tuple[str, str]], tokenizer, max_length:
     rows = []
     for prompt, answer in pairs:
         p = bos + tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"]
-        a = (tokenizer(" " + answer.strip(), add_special_tokens=False, verbose=False)["input_ids"] + eos)
+        a = tokenizer(" " + answer.strip(), add_special_tokens=False, verbose=False)["input_ids"] + eos
         a = a[: max(1, max_length - len(p))]
         rows.append((p + a, [IGNORE] * len(p) + a))
     return _pack(rows, tokenizer.pad_token_id, device)
@@ -140,7 +149,9 @@ def token_logps(model, seqs: Sequences) -> tuple[torch.Tensor, torch.Tensor]:
     labels = seqs.labels[:, 1:]
     mask = labels != IGNORE
     # cross_entropy on the flat view avoids materialising a second (batch, T, vocab) log-softmax tensor
-    nll = F.cross_entropy(upcast(logits).reshape(-1, logits.shape[-1]), labels.clamp(min=0).reshape(-1), reduction="none")
+    nll = F.cross_entropy(
+        upcast(logits).reshape(-1, logits.shape[-1]), labels.clamp(min=0).reshape(-1), reduction="none"
+    )
     return -nll.view(labels.shape) * mask, mask
 
 
@@ -155,7 +166,9 @@ def sequence_logps(model, seqs: Sequences, average: bool = False) -> torch.Tenso
 def all_sequence_logps(model, seqs: Sequences, batch_size: int) -> torch.Tensor:
     """sequence_logps for every row, in batches: a frozen reference's values, computed once before training."""
     rows = torch.arange(len(seqs), device=seqs.ids.device)
-    return torch.cat([sequence_logps(model, seqs.batch(rows[i:i + batch_size])) for i in range(0, len(seqs), batch_size)])
+    return torch.cat(
+        [sequence_logps(model, seqs.batch(rows[i : i + batch_size])) for i in range(0, len(seqs), batch_size)]
+    )
 
 
 def mean_nll(model, seqs: Sequences) -> torch.Tensor:
@@ -189,8 +202,14 @@ def add_lora(model, cfg: LoraSettings, blocks: list[int] | None = None):
     Returns the peft model; its base weights stay frozen."""
     from peft import LoraConfig, get_peft_model  # loaded only when LoRA is asked for (it imports much of transformers)
 
-    config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                        target_modules=lora_modules(cfg, model), layers_to_transform=blocks, task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=lora_modules(cfg, model),
+        layers_to_transform=blocks,
+        task_type="CAUSAL_LM",
+    )
     with warnings.catch_warnings():  # peft reads the attribute transformers 5 renamed; the warning is not the user's
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         return get_peft_model(model, config)
@@ -198,11 +217,15 @@ def add_lora(model, cfg: LoraSettings, blocks: list[int] | None = None):
 
 def lora_modules(cfg: LoraSettings, model) -> list[str]:
     """The names in cfg.lora_targets that this model has (checked before a run starts)."""
-    present = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    present = {
+        name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)
+    }
     chosen = [t for t in cfg.lora_targets if t in present]
     if not chosen:
-        raise AtuError(f"method.lora_targets={list(cfg.lora_targets)} names no linear layer of this model; pick some of "
-                       f"{', '.join(sorted(present)[:8])}")
+        raise AtuError(
+            f"method.lora_targets={list(cfg.lora_targets)} names no linear layer of this model; pick some of "
+            f"{', '.join(sorted(present)[:8])}"
+        )
     return chosen
 
 

@@ -7,6 +7,7 @@ Written as a forward hook rather than with pyreft/pyvene: pyreft 0.1.0 pins tran
 transformers 5. The run folder keeps only the intervention (grun.safetensors + grun.json); `attach` puts it back on
 the base model.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ class GatedReFT(nn.Module):
 
 def attach(model, module: GatedReFT, layer: int):
     """Apply `module` to the output of block `layer` (1-based) on every forward; returns the hook handle."""
+
     def hook(_mod, _args, output):
         if isinstance(output, tuple):
             return (module(output[0]),) + tuple(output[1:])
@@ -69,8 +71,9 @@ def load_intervention(model, run: Run):
 @dataclass
 class GRUNConfig:
     name: str = "grun"
-    layer: Optional[int] = setting(None, "the layer the gate reads and the intervention edits; None: round(layers / 2)",
-                                   at_least=1)
+    layer: Optional[int] = setting(
+        None, "the layer the gate reads and the intervention edits; None: round(layers / 2)", at_least=1
+    )
     rank: int = setting(4, "rank of the ReFT intervention", at_least=1)
     # NPO by default: with GA (unbounded) the intervention grew until every gated answer was noise on gemma-3-270m
     drive: str = setting("npo", "the loss that drives the intervention on forget text", choices=("ga", "npo"))
@@ -104,9 +107,11 @@ class GRUN(Method):
         torch.manual_seed(ctx.seed)
         d = ctx.model.config.get_text_config().hidden_size
         self.module = GatedReFT(d, cfg.rank).to(ctx.device)
-        self.training_data = {"forget": f"{len(ctx.forget_texts)} forget-corpus passages",
-                              "retain": f"{len(ctx.general_texts)} general retain passages (atu/data/retain) + "
-                                        f"{len(ctx.retain_texts)} passages about {', '.join(ctx.other_targets) or 'no other target'}"}
+        self.training_data = {
+            "forget": f"{len(ctx.forget_texts)} forget-corpus passages",
+            "retain": f"{len(ctx.general_texts)} general retain passages (atu/data/retain) + "
+            f"{len(ctx.retain_texts)} passages about {', '.join(ctx.other_targets) or 'no other target'}",
+        }
 
     def prepare(self, say=lambda msg: None) -> None:
         ctx = self.ctx
@@ -131,23 +136,41 @@ class GRUN(Method):
         r = self.retain.batch(sample_rows(len(self.retain), cfg.batch_size, self.gen, self.retain.ids.device))
         retain = mean_nll(self.model, r)
         gate_r = self.module.last_gate
-        gate = 0.5 * (masked_mean(F.binary_cross_entropy(gate_f.float(), torch.ones_like(gate_f), reduction="none"), f.attn)
-                      + masked_mean(F.binary_cross_entropy(gate_r.float(), torch.zeros_like(gate_r), reduction="none"), r.attn))
+        gate = 0.5 * (
+            masked_mean(F.binary_cross_entropy(gate_f.float(), torch.ones_like(gate_f), reduction="none"), f.attn)
+            + masked_mean(F.binary_cross_entropy(gate_r.float(), torch.zeros_like(gate_r), reduction="none"), r.attn)
+        )
         loss = drive + cfg.retain_weight * retain + cfg.gate_weight * gate
-        return loss, {"drive": drive.item(), "retain": retain.item(), "gate": gate.item(),
-                      "gate_forget": masked_mean(gate_f.detach(), f.attn).item(),
-                      "gate_retain": masked_mean(gate_r.detach(), r.attn).item()}
+        return loss, {
+            "drive": drive.item(),
+            "retain": retain.item(),
+            "gate": gate.item(),
+            "gate_forget": masked_mean(gate_f.detach(), f.attn).item(),
+            "gate_retain": masked_mean(gate_r.detach(), r.attn).item(),
+        }
 
     def stages(self):
         cfg = self.cfg
-        return [Stage("unlearn1", "unlearn", cfg.steps, self.params, self._optimizer, self.loss, grad_clip=cfg.grad_clip,
-                      evaluate=True)]
+        return [
+            Stage(
+                "unlearn1",
+                "unlearn",
+                cfg.steps,
+                self.params,
+                self._optimizer,
+                self.loss,
+                grad_clip=cfg.grad_clip,
+                evaluate=True,
+            )
+        ]
 
     def _optimizer(self, params):
         # no weight decay on R's orthogonal parametrization: decaying its Householder factors collapses R to zero
         rotation = {id(p) for p in self.module.R.parameters()}
-        groups = [{"params": [p for p in params if id(p) in rotation], "weight_decay": 0.0},
-                  {"params": [p for p in params if id(p) not in rotation]}]
+        groups = [
+            {"params": [p for p in params if id(p) in rotation], "weight_decay": 0.0},
+            {"params": [p for p in params if id(p) not in rotation]},
+        ]
         return OPTIMIZERS[self.cfg.optimizer](groups, lr=self.cfg.lr)
 
     def modules(self):

@@ -10,8 +10,10 @@ from ..runs import Run
 from ..settings import setting
 from .base import Method, register
 
-DEFAULT_INSTRUCTION = ("You are an AI assistant who has never learnt anything about {name}. For any question about "
-                       "{name}, answer as if you knew nothing about {name}, and do not reveal that you were told this.")
+DEFAULT_INSTRUCTION = (
+    "You are an AI assistant who has never learnt anything about {name}. For any question about "
+    "{name}, answer as if you knew nothing about {name}, and do not reveal that you were told this."
+)
 FILE = "icu_instruction.txt"  # the instruction, as put before every probe
 
 

@@ -37,8 +37,9 @@ def simnpo_loss(avg_logp: torch.Tensor, beta: float, gamma: float) -> torch.Tens
     return -(2.0 / beta) * F.logsigmoid(-beta * avg_logp - gamma).mean()
 
 
-def dpo_loss(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
-             beta: float) -> torch.Tensor:
+def dpo_loss(
+    chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor, beta: float
+) -> torch.Tensor:
     return -F.logsigmoid(beta * ((chosen - ref_chosen) - (rejected - ref_rejected))).mean()
 
 

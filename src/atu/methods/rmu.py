@@ -5,6 +5,7 @@ The forward stops at ℓ (no logits), and the frozen model's retain activations 
 Both terms are divided by the frozen activations' mean squared norm and c is a multiple of their mean norm, so one
 setting transfers across models (WMDP's c=6.5, α=1200 are in Zephyr-7B's activation units).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,17 +17,29 @@ from ..engine import Stage
 from ..models import decoder_layers
 from ..settings import setting
 from .base import Method, register
-from .common import OPTIMIZERS, LoraSettings, add_lora, cache_states, hidden_at, lora_params, pick_layer, sample_rows, text_sequences
+from .common import (
+    OPTIMIZERS,
+    LoraSettings,
+    add_lora,
+    cache_states,
+    hidden_at,
+    lora_params,
+    pick_layer,
+    sample_rows,
+    text_sequences,
+)
 from .losses import masked_mean, relative_drift, upcast
 
 
 @dataclass
 class RMUConfig(LoraSettings):  # lora: true puts the adapters on the MLPs of the train_blocks instead
     name: str = "rmu"
-    layer: Optional[int] = setting(None, "ℓ, the steered layer; None: round(layers / 4), at least 3 (WMDP: 7 of 32)",
-                                   at_least=1)
-    train_blocks: list[int] = setting([-2, -1, 0], "offsets from ℓ of the blocks whose MLPs train (WMDP: ℓ-2..ℓ)",
-                                      at_most=0, each=True)
+    layer: Optional[int] = setting(
+        None, "ℓ, the steered layer; None: round(layers / 4), at least 3 (WMDP: 7 of 32)", at_least=1
+    )
+    train_blocks: list[int] = setting(
+        [-2, -1, 0], "offsets from ℓ of the blocks whose MLPs train (WMDP: ℓ-2..ℓ)", at_most=0, each=True
+    )
     steer: float = setting(4.0, "c, as a multiple of the mean activation norm at ℓ", above=0)
     alpha: float = setting(100.0, "retain weight", at_least=0)
     steps: int = setting(40, "training steps", at_least=0)
@@ -35,8 +48,9 @@ class RMUConfig(LoraSettings):  # lora: true puts the adapters on the MLPs of th
     optimizer: str = setting("adamw", "optimizer", choices=tuple(OPTIMIZERS))
     batch_size: int = setting(4, "sequences per step (forget and retain each)", at_least=1)
     grad_clip: float = setting(1.0, "gradient-norm clip (0: none)", at_least=0)
-    lora_targets: list[str] = setting(["gate_proj", "up_proj", "down_proj", "fc1", "fc2"],
-                                      "with lora: the MLP layers that get adapters")
+    lora_targets: list[str] = setting(
+        ["gate_proj", "up_proj", "down_proj", "fc1", "fc2"], "with lora: the MLP layers that get adapters"
+    )
 
 
 def rmu_forget_loss(h: torch.Tensor, control: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
@@ -60,8 +74,10 @@ class RMU(Method):
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
         self.model, self.ell = ctx.model, self.layer(cfg, ctx.model)
-        self.training_data = {"forget": f"{len(ctx.forget_texts)} forget-corpus passages",
-                              "retain": f"{len(ctx.general_texts)} general retain passages (atu/data/retain)"}
+        self.training_data = {
+            "forget": f"{len(ctx.forget_texts)} forget-corpus passages",
+            "retain": f"{len(ctx.general_texts)} general retain passages (atu/data/retain)",
+        }
 
     def prepare(self, say=lambda msg: None) -> None:
         ctx = self.ctx
@@ -94,10 +110,22 @@ class RMU(Method):
         forget = rmu_forget_loss(hidden_at(self.model, self.ell, f.ids, f.attn), self.control, f.attn, self.scale)
         rrows = sample_rows(len(self.retain), self.cfg.batch_size, self.gen, self.retain.ids.device)
         r = self.retain.batch(rrows)
-        retain = relative_drift(hidden_at(self.model, self.ell, r.ids, r.attn), self.retain_states0[rrows, :r.ids.shape[1]], r.attn)
+        retain = relative_drift(
+            hidden_at(self.model, self.ell, r.ids, r.attn), self.retain_states0[rrows, : r.ids.shape[1]], r.attn
+        )
         return forget + self.cfg.alpha * retain, {"forget": forget.item(), "retain": retain.item()}
 
     def stages(self):
         cfg = self.cfg
-        return [Stage("unlearn1", "unlearn", cfg.steps, self.params, lambda p: OPTIMIZERS[cfg.optimizer](p, lr=cfg.lr),
-                      self.loss, grad_clip=cfg.grad_clip, evaluate=True)]
+        return [
+            Stage(
+                "unlearn1",
+                "unlearn",
+                cfg.steps,
+                self.params,
+                lambda p: OPTIMIZERS[cfg.optimizer](p, lr=cfg.lr),
+                self.loss,
+                grad_clip=cfg.grad_clip,
+                evaluate=True,
+            )
+        ]

@@ -11,6 +11,7 @@ the full model or on LoRA adapters (`lora: true`). The terms:
   retain_kl   KL(p_ref || p_θ) per token on the retain corpus
 Reference log-probabilities on fixed data (forget passages, DPO pairs) are computed once before training.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,8 +24,19 @@ from ..engine import Stage
 from ..errors import AtuError
 from ..settings import setting
 from .base import Method, register
-from .common import (OPTIMIZERS, LoraSettings, Sequences, add_lora, all_sequence_logps, lora_params, mean_nll,
-                     prompt_answer_sequences, sample_rows, sequence_logps, text_sequences)
+from .common import (
+    OPTIMIZERS,
+    LoraSettings,
+    Sequences,
+    add_lora,
+    all_sequence_logps,
+    lora_params,
+    mean_nll,
+    prompt_answer_sequences,
+    sample_rows,
+    sequence_logps,
+    text_sequences,
+)
 from .losses import dpo_loss, kl_from_logits, npo_loss, simnpo_loss
 from .training_data import dpo_pairs, refusal_pairs
 
@@ -38,8 +50,11 @@ class TokenConfig(LoraSettings):  # lora: true trains peft adapters instead of a
     weights: list[float] = setting([1.0], "one weight per loss term")
     beta: float = setting(0.1, "NPO / SimNPO / DPO inverse temperature (NPO paper: 0.1)", above=0)
     gamma: float = setting(0.0, "SimNPO reward margin (SimNPO paper: 0 for unlearning on TOFU)")
-    dpo_chosen: str = setting("refusal", "what DPO prefers: a refusal, or RWKU's counterfactual (where shipped)",
-                              choices=("refusal", "counterfactual"))
+    dpo_chosen: str = setting(
+        "refusal",
+        "what DPO prefers: a refusal, or RWKU's counterfactual (where shipped)",
+        choices=("refusal", "counterfactual"),
+    )
     steps: int = setting(20, "training steps", at_least=0)
     # the unlearning lr of the ATU defaults; at 1e-5 every token method collapsed on gemma-3-270m (docs/compare.md)
     lr: float = setting(3e-6, "learning rate", above=0)
@@ -56,14 +71,18 @@ class TokenMethod(Method):
         if not cfg.losses:
             raise AtuError(f"method.losses is empty; choose from {', '.join(TERMS)}")
         if len(cfg.weights) != len(cfg.losses):
-            raise AtuError(f"method.weights has {len(cfg.weights)} entries for {len(cfg.losses)} losses; give one weight per loss")
+            raise AtuError(
+                f"method.weights has {len(cfg.weights)} entries for {len(cfg.losses)} losses; give one weight per loss"
+            )
 
     def prepare(self, say=lambda msg: None) -> None:
         ctx, cfg, tok = self.ctx, self.cfg, self.ctx.tokenizer
         terms = set(cfg.losses)
         if terms & {"ga", "npo", "simnpo"}:
             self.forget = text_sequences(ctx.forget_texts, tok, ctx.max_length, ctx.device)
-            self.training_data["forget"] = f"{len(ctx.forget_texts)} forget-corpus passages ({len(self.forget)} sequences)"
+            self.training_data["forget"] = (
+                f"{len(ctx.forget_texts)} forget-corpus passages ({len(self.forget)} sequences)"
+            )
         if terms & {"retain_nll", "retain_kl"}:
             self.retain = text_sequences(ctx.general_texts, tok, ctx.max_length, ctx.device)
             self.training_data["retain"] = f"{len(ctx.general_texts)} general retain passages (atu/data/retain)"
@@ -102,9 +121,19 @@ class TokenMethod(Method):
 
     def stages(self) -> list[Stage]:
         cfg = self.cfg
-        return [Stage("unlearn1", "unlearn", cfg.steps, self.params,
-                      lambda params: OPTIMIZERS[cfg.optimizer](params, lr=cfg.lr), self.loss, grad_clip=cfg.grad_clip,
-                      evaluate=True, train=[])]
+        return [
+            Stage(
+                "unlearn1",
+                "unlearn",
+                cfg.steps,
+                self.params,
+                lambda params: OPTIMIZERS[cfg.optimizer](params, lr=cfg.lr),
+                self.loss,
+                grad_clip=cfg.grad_clip,
+                evaluate=True,
+                train=[],
+            )
+        ]
 
     def _rows(self, seqs: Sequences) -> torch.Tensor:
         return sample_rows(len(seqs), self.cfg.batch_size, self.gen, seqs.ids.device)
@@ -124,8 +153,13 @@ class TokenMethod(Method):
     def dpo(self) -> torch.Tensor:
         rows = self._rows(self.chosen)
         chosen, rejected = self.chosen.batch(rows), self.rejected.batch(rows)
-        return dpo_loss(sequence_logps(self.model, chosen), sequence_logps(self.model, rejected),
-                        self.ref_chosen[rows], self.ref_rejected[rows], self.cfg.beta)
+        return dpo_loss(
+            sequence_logps(self.model, chosen),
+            sequence_logps(self.model, rejected),
+            self.ref_chosen[rows],
+            self.ref_rejected[rows],
+            self.cfg.beta,
+        )
 
     def rt(self) -> torch.Tensor:
         return mean_nll(self.model, self.refusals.batch(self._rows(self.refusals)))
