@@ -6,6 +6,9 @@ import sys
 
 import torch
 
+from atu import runs
+from atu.methods.atu import HEAD_FILES
+
 TINY = [
     "model=tiny",
     "target=Stephen King",
@@ -52,6 +55,15 @@ def test_tiny_unlearn_run_writes_a_complete_loadable_run_folder(tmp_path):
         "predictions/unlearn2.json",
     ):
         assert (out / name).exists(), name
+    # every file the run wrote, and nothing else (each through atu.runs' atomic writers: no *.tmp is left behind)
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert written == sorted(
+        [runs.CONFIG, runs.INFO, runs.METRICS, *runs.REPORT, "fig_levels.png", "fig_stages.png", "fig_tradeoff.png"]
+        + [f"{runs.PREDICTIONS}/{stage}.json" for stage in ("before", "unlearn1", "unlearn2")]
+        + list(HEAD_FILES)
+        + [f"{runs.MODEL}/{name}" for name in ("config.json", "generation_config.json", "model.safetensors")]
+        + [f"{runs.MODEL}/{name}" for name in ("tokenizer.json", "tokenizer_config.json")]
+    ), written
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "done" and run["target"] == "Stephen King" and len(run["other_targets"]) == 1
     events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .. import settings
 from ..errors import AtuError, did_you_mean
-from ..methods import method_config, schemas
+from ..methods import REGISTRY, method_config, schemas
 from ..runs import Run
 from ..settings import setting
 
@@ -128,6 +128,13 @@ def _register() -> None:
     # can be overridden from the command line even when the YAML does not list it
     for name, config_class in schemas().items():
         store.store(group="method", name=name, node=config_class)
+    # a registered method without a YAML of its own is chosen by name with its dataclass defaults
+    yamls = {p.name.removesuffix(".yaml") for p in files("atu.config").joinpath("method").iterdir()}
+    for name, cls in REGISTRY.items():
+        if name not in yamls:
+            store.store(
+                group="method", name=name, node=OmegaConf.merge(OmegaConf.structured(cls.Config), {"name": name})
+            )
 
 
 def load_config(overrides: list[str], config_name: str = "config") -> DictConfig:
