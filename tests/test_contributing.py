@@ -43,7 +43,8 @@ folder = Path(sys.argv[1]) / "4_Warren_Buffett"
 folder.mkdir(parents=True)
 (folder / "forget_yesno.json").write_text(json.dumps([{"query": "Is he from Omaha?", "answer": "Yes", "level": "2"}]))
 target = datalib.load_target("Warren Buffett", [str(folder.parent)])
-assert [p.answer for p in target.probes["forget_yesno"]] == ["Yes"] and metrics.label("forget_yesno") == "Forget yes/no ↓"
+assert [p.answer for p in target.probes["forget_yesno"]] == ["Yes"]
+assert metrics.label("forget_yesno") == "Forget yes/no ↓"
 
 # the attack: registered by name
 assert "uppercase" in ATTACKS and ATTACKS["uppercase"].name == "uppercase"
