@@ -3,8 +3,7 @@ texts about other people (retain_mia.json)? Loss, zlib and min-k% AUCs, original
 
 from __future__ import annotations
 
-import json
-
+from .. import data as datalib
 from ..errors import AtuError
 from ..evaluate.mia import mia
 from .base import Attack, AttackContext, register, row
@@ -13,7 +12,7 @@ from .base import Attack, AttackContext, register, row
 def mia_texts(target) -> tuple[list[str], list[str]]:
     def load(name):
         path = target.file(name)
-        return [it["text"] for it in json.loads(path.read_text())] if path else []
+        return [it["text"] for it in datalib.read_json(path)] if path else []
 
     return load("forget_mia.json"), load("retain_mia.json")
 

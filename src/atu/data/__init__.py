@@ -1,13 +1,16 @@
 """Targets and their data, in the RWKU benchmark's file format.
 
 A *root* is a folder of target folders named like RWKU's (`1_Stephen_King/`, `4_Warren_Buffett/`). Roots are searched
-in order: the user's `data.roots` first (point one at the full RWKU download to get all 200 targets), then the files
-shipped here: `rwku/official/` (RWKU's own files, unchanged) and `rwku/atu/` (targets we wrote in the same schema).
-For each file name the first root that has it wins, so official files are never shadowed by ours.
+in order: the user's `data.roots` first, then the files shipped here: `rwku/official/` (RWKU's own files for all 200
+targets, byte for byte, gzip-compressed: `forget_level1.json.gz` reads as `forget_level1.json`) and `rwku/atu/` (our
+extras: paraphrase and multi-hop sets, and forget corpora where RWKU ships none). For each file name the first folder
+that has it wins, and our folders hold no file name an official folder of the same target has, so an official file is
+never shadowed by ours.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
 import re
@@ -21,10 +24,9 @@ from ..errors import AtuError, did_you_mean
 SHIPPED = Path(__file__).parent / "rwku"
 SHIPPED_ROOTS = (SHIPPED / "official", SHIPPED / "atu")
 
-FORGET_CORPUS_FILES = (
-    "positive_phi.json",
-    "positive.json",
-)  # Align-then-Unlearn trains on the Phi-3 corpus when present
+# the forget corpus: Align-then-Unlearn trains on RWKU's Phi-3 corpus when present, then the Llama-3 one (or ours)
+FORGET_CORPUS_FILES = ("positive_phi.json", "positive.json")
+FOLDER_NAME = re.compile(r"^(\d+)_(.+)$")  # RWKU's "<id>_<Name_with_underscores>"
 
 
 @dataclass
@@ -34,26 +36,27 @@ class Probe:
     level: str
     type: str
     subject: str
+    original: str = ""  # a paraphrase: the official probe it rewords
 
     @classmethod
     def parse(cls, item, where: str) -> "Probe":
         if not isinstance(item, dict):
             raise AtuError(f"{where}: each probe must be a JSON object with query/answer/level; fix the file")
-        missing = [
-            k
-            for k in ("query", "answer", "level")
-            if not isinstance(item.get(k), (str, int)) or str(item[k]).strip() == ""
-        ]
+        missing = [k for k in ("query", "answer", "level") if not isinstance(item.get(k), (str, int))]
         if missing:
             raise AtuError(
                 f"{where}: probe is missing {', '.join(missing)}; every probe needs query, answer and level"
             )
+        empty = [k for k in ("query", "answer", "level") if str(item[k]).strip() == ""]
+        if empty:
+            raise AtuError(f"{where}: the probe's {' and '.join(empty)} is empty; give it text or remove the probe")
         return cls(
             str(item["query"]),
             str(item["answer"]),
             str(item["level"]),
             str(item.get("type", "")),
             str(item.get("subject", "")),
+            str(item.get("original", "")),
         )
 
 
@@ -65,14 +68,19 @@ class Target:
     probes: dict[str, list[Probe]] = field(default_factory=dict)
     forget_corpus: list[str] = field(default_factory=list)
     forget_corpus_source: str | None = None  # the file it came from, or None when nothing is shipped
+    sources: dict[str, str] = field(default_factory=dict)  # probe set -> the file it was read from
 
     @property
     def slug(self) -> str:
         return slug(self.name)
 
     def file(self, name: str) -> Path | None:
-        """`name` in the first of this target's folders that has it (user roots before shipped data)."""
-        return next((f / name for f in self.folders if (f / name).is_file()), None)
+        """`name` (or `name.gz`) in the first of this target's folders that has it (user roots before shipped data)."""
+        for folder in self.folders:
+            for path in (folder / name, folder / f"{name}.gz"):
+                if path.is_file():
+                    return path
+        return None
 
 
 def slug(name: str) -> str:
@@ -80,18 +88,17 @@ def slug(name: str) -> str:
 
 
 def folder_target_name(folder: Path) -> str:
-    return re.sub(r"^\d+_", "", folder.name).replace("_", " ")
+    return FOLDER_NAME.match(folder.name).group(2).replace("_", " ")
 
 
-def _roots(extra=()) -> list[Path]:
+def _user_roots(extra=()) -> list[Path]:
     roots = []
     for r in extra:
         p = Path(r).expanduser()
         if not p.is_dir():
             raise AtuError(f"data root {r} is not a directory; pass folders that contain RWKU target folders")
-        # a root may also be a single target folder
         roots.append(p)
-    return roots + [r for r in SHIPPED_ROOTS if r.is_dir()]
+    return roots
 
 
 @lru_cache(maxsize=1)
@@ -116,23 +123,54 @@ def refusals() -> list[str]:
 
 
 def target_folders(extra_roots=()) -> dict[str, list[Path]]:
-    """Name -> its folders across all roots, in search order."""
-    found: dict[str, list[Path]] = {}
-    for root in _roots(extra_roots):
-        candidates = [root] if any(root.glob("*.json")) and re.match(r"^\d+_", root.name) else sorted(root.iterdir())
-        for folder in candidates:
-            if folder.is_dir() and re.match(r"^\d+_", folder.name):
-                found.setdefault(_canonical(folder_target_name(folder)), []).append(folder)
+    """Name -> its folders across all roots, in search order: the user's roots, then the shipped ones."""
+    found = _scan(_user_roots(extra_roots))
+    for name, folders in _shipped_folders().items():
+        found.setdefault(name, []).extend(folders)
     return found
+
+
+@lru_cache(maxsize=1)
+def _shipped_folders() -> dict[str, list[Path]]:
+    return _scan([r for r in SHIPPED_ROOTS if r.is_dir()])
+
+
+def _scan(roots: list[Path]) -> dict[str, list[Path]]:
+    """A root may also be one target folder."""
+    found: dict[str, list[Path]] = {}
+    for root in roots:
+        candidates = [root] if _rwku_files(root) and FOLDER_NAME.match(root.name) else sorted(root.iterdir())
+        for folder in candidates:
+            if not folder.is_dir():
+                continue
+            if not FOLDER_NAME.match(folder.name):
+                if _rwku_files(folder):  # a folder of probe files whose name says nothing of the target
+                    raise AtuError(
+                        f"target folder {folder} holds RWKU files but its name is not <number>_<Name> "
+                        "(as 4_Warren_Buffett); rename it so the target can be told"
+                    )
+                continue
+            found.setdefault(_canonical(folder_target_name(folder)), []).append(folder)
+    return found
+
+
+def _rwku_files(folder: Path) -> bool:
+    probe_files = {m.probe_file for m in metrics.probe_sets()} | set(FORGET_CORPUS_FILES)
+    return folder.is_dir() and any((folder / f).is_file() or (folder / f"{f}.gz").is_file() for f in probe_files)
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+@lru_cache(maxsize=1)
+def _names_by_key() -> dict[str, str]:
+    return {_key(name): name for name in intros()}
 
 
 def _canonical(name: str) -> str:
     """Folder names lose punctuation (`Prince_Harry,_Duke_of_Sussex`); match them to RWKU's names."""
-    key = lambda s: re.sub(r"[^a-z0-9]", "", s.lower())
-    for known in intros():
-        if key(known) == key(name):
-            return known
-    return name
+    return _names_by_key().get(_key(name), name)
 
 
 def known_targets(extra_roots=()) -> list[str]:
@@ -154,9 +192,15 @@ def resolve_name(name: str, extra_roots=(), allow_new: bool = False) -> str:
     )
 
 
+def read_json(path: Path):
+    """A JSON file, or a gzip-compressed one (`.gz`, as the official files are shipped)."""
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    return json.loads(raw.decode("utf-8"))
+
+
 def load_json_list(path: Path) -> list:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise AtuError(
             f"{path} is not valid JSON ({e.msg if hasattr(e, 'msg') else e}); fix or remove the file"
@@ -192,6 +236,7 @@ def load_target(name: str, extra_roots=(), allow_new: bool = False, max_probes: 
                 )
             probes = [Probe.parse(it, f"{path} item {i}") for i, it in enumerate(items)]
             target.probes[key] = probes[:max_probes] if max_probes else probes
+            target.sources[key] = str(path)
     for fname in FORGET_CORPUS_FILES:
         path = target.file(fname)
         if path is not None:
@@ -204,7 +249,8 @@ def other_targets(target: str, n: int, roots, seed: int) -> list[Target]:
     """Targets with a forget corpus, other than `target`, chosen by seed from the sorted list (not file order)."""
     if n == 0:
         return []
-    names = sorted(name for name in target_folders(roots) if name != target)
-    loaded = [t for t in (load_target(name, roots) for name in names) if t.forget_corpus]
-    random.Random(seed).shuffle(loaded)
-    return loaded[:n]
+    folders = target_folders(roots)
+    with_corpus = [name for name in sorted(folders) if name != target
+                   and any(Target(name, None, folders[name]).file(f) for f in FORGET_CORPUS_FILES)]
+    random.Random(seed).shuffle(with_corpus)
+    return [load_target(name, roots) for name in with_corpus[:n]]

@@ -8,7 +8,6 @@ DPO pairs whose rejected answer is a forget-corpus passage. The forget probes ar
 
 from __future__ import annotations
 
-import json
 import random
 
 from .. import data as datalib
@@ -45,7 +44,7 @@ def _official(target, names: tuple[str, ...]) -> tuple[list, str] | tuple[None, 
     for name in names:
         path = target.file(name)
         if path is not None:
-            return json.loads(path.read_text()), str(path)
+            return datalib.read_json(path), str(path)
     return None, None
 
 
