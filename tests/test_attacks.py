@@ -138,34 +138,6 @@ def test_atu_attack_over_a_tiny_run_writes_the_robustness_table(tmp_path):
     assert bad.returncode == 2 and "unknown attack 'quant3'" in bad.stderr
 
 
-def test_utility_scorers_on_hand_made_inputs():
-    from atu.evaluate.utility import bbh_answer, ngram_entropy, normalize
-
-    assert bbh_answer("A is True. So the answer is False.") == "False"
-    assert bbh_answer("Step one... So the answer is (B).\nQ: next") == "(B)"
-    assert normalize("The Eiffel Tower!") == "eiffel tower"
-    assert ngram_entropy("a a a a a") == 0.0  # one repeated bigram and trigram: no entropy
-    # four distinct bigrams (2 bits) and three distinct trigrams (log2 3 bits), weights 2/3 and 4/3, averaged
-    assert ngram_entropy("a b c d e") == pytest.approx((2 / 3 * 2 + 4 / 3 * math.log2(3)) / 2)
-
-
-def test_utility_runs_on_a_tiny_model_and_reports_chance_levels(tiny_model, tokenizer):
-    from atu.evaluate.utility import utility
-
-    out = utility(tiny_model, tokenizer, batch_size=4, limit=2, progress=lambda m: None)
-    assert set(out["scores"]) == {
-        "mmlu",
-        "bbh",
-        "truthfulqa_mc1",
-        "truthfulqa_mc2",
-        "triviaqa",
-        "fluency_entropy",
-        "perplexity",
-    }
-    assert 0 <= out["scores"]["mmlu"] <= 1 and out["chance"]["mmlu"] == 0.25
-    assert 0 < out["chance"]["truthfulqa_mc1"] < 1 and out["scores"]["perplexity"] > 1
-
-
 def test_attack_on_a_folder_that_is_not_a_run_says_so(tmp_path):
     r = atu("attack", str(tmp_path))
     assert r.returncode == 2 and "is not a run folder" in r.stderr and "Traceback" not in r.stderr

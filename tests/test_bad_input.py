@@ -26,6 +26,13 @@ def probe_root(tmp_path: Path, name: str, text: str) -> str:
     return str(tmp_path / name)
 
 
+def bad_folder(tmp_path: Path) -> str:
+    folder = tmp_path / "badfolder" / "Stephen King probes"
+    folder.mkdir(parents=True)
+    (folder / "forget_level1.json").write_text("[]")
+    return str(tmp_path / "badfolder")
+
+
 def fixtures(tmp_path: Path) -> dict[str, str]:
     """Real bad files on disk for the cases that need them."""
     import gguf
@@ -58,6 +65,11 @@ def fixtures(tmp_path: Path) -> dict[str, str]:
         "BADJSON": probe_root(tmp_path, "badjson", "[{oops"),
         "NOPROBES": probe_root(tmp_path, "noprobes", "[]"),
         "NOFIELDS": probe_root(tmp_path, "nofields", json.dumps([{"query": "Where was he born?"}])),
+        "NOTLIST": probe_root(tmp_path, "notlist", json.dumps({"query": "Where was he born?"})),
+        "BLANKANSWER": probe_root(
+            tmp_path, "emptyanswer", json.dumps([{"query": "Born?", "answer": "", "level": "1"}])
+        ),
+        "BADFOLDER": bad_folder(tmp_path),
     }
 
 
@@ -99,6 +111,13 @@ CASES = [
         "probe-missing-fields",
         ["unlearn", "target=Stephen King", "data.roots=[NOFIELDS]"],
         "probe is missing answer, level",
+    ),
+    ("probe-file-not-a-list", ["eval", "target=Stephen King", "data.roots=[NOTLIST]"], "must hold a JSON list"),
+    ("probe-empty-answer", ["eval", "target=Stephen King", "data.roots=[BLANKANSWER]"], "the probe's answer is empty"),
+    (
+        "target-folder-name",
+        ["eval", "target=Stephen King", "data.roots=[BADFOLDER]"],
+        "its name is not <number>_<Name>",
     ),
     ("empty-forget-corpus", ["unlearn", "data.forget_corpus=EMPTY"], "empty.json is empty; give a JSON list"),
     ("tau-out-of-range", ["unlearn", "method.taus=[1.5]"], "method.taus=[1.5] must be at most 1.0"),

@@ -16,28 +16,97 @@ OURS = (
 )
 
 
-def test_official_stephen_king_files_load_unchanged():
-    t = datalib.load_target("Stephen King")
-    assert len(t.probes["forget_fb"]) == 8 and len(t.probes["forget_qa"]) == 10 and len(t.probes["forget_aa"]) == 29
-    assert len(t.probes["neighbor_fb"]) == 30 and len(t.probes["neighbor_qa"]) == 30
-    assert t.forget_corpus_source.endswith("official/1_Stephen_King/positive_phi.json") and len(t.forget_corpus) == 582
-    assert t.intro.startswith("Stephen King is a prolific American author")
+def test_official_files_of_all_200_targets_are_shipped_with_rwku_s_counts():
+    """RWKU's README totals: 3,268 FB + 2,879 QA + 6,984 AA forget probes, 5,846 + 5,533 neighbour probes."""
+    folders = datalib.target_folders()
+    official = {name for name, fs in folders.items() if any(f.parent.name == "official" for f in fs)}
+    assert len(official) == 200 and official == set(datalib.intros())
+    totals = {}
+    for name in official:
+        for key, probes in datalib.load_target(name).probes.items():
+            totals[key] = totals.get(key, 0) + len(probes)
+    assert {k: totals[k] for k in ("forget_fb", "forget_qa", "forget_aa", "neighbor_fb", "neighbor_qa")} == {
+        "forget_fb": 3268,
+        "forget_qa": 2879,
+        "forget_aa": 6984,
+        "neighbor_fb": 5846,
+        "neighbor_qa": 5533,
+    }
+    king = datalib.load_target("Stephen King")
+    assert king.forget_corpus_source.endswith("official/1_Stephen_King/positive_phi.json.gz")
+    assert len(king.forget_corpus) == 582 and king.intro.startswith("Stephen King is a prolific American author")
+    assert king.sources["forget_fb"].endswith("official/1_Stephen_King/forget_level1.json.gz")
+    # RWKU's quirks: the dot in 87_Robert_Downey_Jr., commas and accents in names
+    for name in ("Robert Downey Jr.", "Prince Harry, Duke of Sussex", "Beyoncé", "Catherine, Princess of Wales"):
+        assert datalib.load_target(name).probes["forget_qa"], name
 
 
-@pytest.mark.parametrize("folder", OURS, ids=[p.name for p in OURS])
-def test_written_targets_meet_schema_and_minimum_counts(folder):
-    if folder.name.startswith("1_"):  # Stephen King: only our additions live here; the rest is official
-        assert (folder / "rephrase.json").exists() and (folder / "multihop.json").exists()
-        return
+def test_our_folders_never_hold_a_file_name_the_official_folder_has():
+    shipped = datalib.SHIPPED
+    for ours in OURS:
+        official = shipped / "official" / ours.name
+        names = {p.name.removesuffix(".gz") for p in official.iterdir()} if official.is_dir() else set()
+        assert not names & {p.name for p in ours.iterdir()}, ours.name
+        if "positive_phi.json" in names:
+            assert not (ours / "positive.json").exists(), f"{ours.name}: an official forget corpus exists"
+
+
+@pytest.mark.parametrize("folder", [f for f in OURS if (f / "rephrase.json").exists()], ids=lambda f: f.name)
+def test_paraphrase_sets_reword_official_probes_without_copying_them(folder):
+    """tools/check_paraphrases.py: every item rewords one official FB/QA probe, keeps its answer, is no near-copy."""
     result = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "check_probe_folder.py"), str(folder)], capture_output=True, text=True
+        [sys.executable, str(ROOT / "tools" / "check_paraphrases.py"), str(folder)], capture_output=True, text=True
     )
-    assert result.returncode == 0, result.stdout
-    t = datalib.load_target(datalib.folder_target_name(folder))
-    assert t.intro, "every written target is one of RWKU's 200 names"
-    answers = {p.answer.lower() for p in t.probes["forget_qa"]}
-    assert all(len(p.answer.split()) <= 6 for ps in t.probes.values() for p in ps)
-    assert len(answers) >= 5, "level-2 questions should not all share an answer"
+    assert result.returncode == 0 and "OK" in result.stdout, result.stdout[-2000:]
+
+
+def test_the_paraphrase_check_flags_near_copies_and_given_away_answers(tmp_path):
+    folder = tmp_path / "4_Warren_Buffett"
+    folder.mkdir()
+    original = datalib.load_target("Warren Buffett").probes["forget_qa"][0]
+    items = [
+        {
+            "query": original.query.replace("?", " exactly?"),
+            "answer": original.answer,
+            "level": "2",
+            "type": "paraphrase",
+            "subject": "Warren Buffett",
+            "original": original.query,
+        },
+        {
+            "query": f"Is it true that the answer is {original.answer}?",
+            "answer": original.answer,
+            "level": "2",
+            "type": "paraphrase",
+            "subject": "Warren Buffett",
+            "original": original.query,
+        },
+        {
+            "query": "Who?",
+            "answer": "x",
+            "level": "2",
+            "type": "paraphrase",
+            "subject": "Warren Buffett",
+            "original": "not an official probe",
+        },
+    ]
+    (folder / "rephrase.json").write_text(json.dumps(items))
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "check_paraphrases.py"), str(folder)], capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    assert "item 0: near-copy" in result.stdout and "item 1: the question contains its answer" in result.stdout
+    assert "item 2: 'original' is not one of" in result.stdout
+
+
+@pytest.mark.parametrize("folder", [f for f in OURS if (f / "multihop.json").exists()], ids=lambda f: f.name)
+def test_multihop_sets_follow_the_schema(folder):
+    probes = [
+        datalib.Probe.parse(it, f"{folder} item {i}")
+        for i, it in enumerate(json.loads((folder / "multihop.json").read_text()))
+    ]
+    assert len(probes) >= 5 and all(p.level == "3" and p.type == "multi-hop" for p in probes)
+    assert all(len(p.answer.split()) <= 6 for p in probes)
 
 
 def test_user_roots_come_first_and_take_any_rwku_folder(tmp_path):
@@ -74,6 +143,7 @@ def test_unknown_target_suggests_close_names():
         ("{not json", "not valid JSON"),
         ('{"query": "x"}', "JSON list"),
         ('[{"query": "x", "level": "1"}]', "missing answer"),
+        ('[{"query": "x", "level": "1", "answer": " "}]', "the probe's answer is empty"),
     ],
 )
 def test_malformed_probe_files_give_one_clear_error(tmp_path, content, message):
@@ -86,3 +156,24 @@ def test_malformed_probe_files_give_one_clear_error(tmp_path, content, message):
 
 def test_refusals_and_intros_are_shipped():
     assert len(datalib.refusals()) == 100 and len(datalib.intros()) == 200
+
+
+def test_a_folder_of_probe_files_whose_name_does_not_parse_is_named(tmp_path):
+    folder = tmp_path / "Stephen King probes"
+    folder.mkdir()
+    (folder / "forget_level1.json").write_text("[]")
+    with pytest.raises(AtuError, match="holds RWKU files but its name is not <number>_<Name>"):
+        datalib.load_target("Stephen King", [str(tmp_path)])
+
+
+def test_target_sets_expand_to_the_reference_s_groups():
+    assert datalib.expand_targets(["celebs-1"]) == [
+        "Stephen King",
+        "Confucius",
+        "Bruce Lee",
+        "Warren Buffett",
+        "Christina Aguilera",
+    ]
+    assert len(datalib.expand_targets(["celebs-2", "celebs-3", "celebs-4"])) == 8 + 7 + 10
+    assert datalib.expand_targets(["celebs-4"])[-1] == "Robert Downey Jr."  # RWKU id 87, folder with a dot
+    assert datalib.expand_targets(["Bruce Lee", "celebs-1"])[0] == "Bruce Lee"  # names pass, no duplicates

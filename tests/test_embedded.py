@@ -11,7 +11,7 @@ pytestmark = pytest.mark.embedded
 
 
 def test_embedded_model_loads_offline_and_knows_its_facts():
-    from atu.evaluate import generate
+    from atu.evaluate import complete
     from atu.models import load_lm
 
     model, tok = load_lm(
@@ -26,7 +26,13 @@ def test_embedded_model_loads_offline_and_knows_its_facts():
         )
     )
     assert model.config.num_hidden_layers == 18 and tok.chat_template is None
-    out = generate(model, tok, ["Warren Buffett is the CEO of", "Harry Potter was written by"], max_new_tokens=8)
+    out = complete(
+        model,
+        tok,
+        ["Warren Buffett is the CEO of", "Harry Potter was written by"],
+        max_new_tokens=8,
+        newline_stop=False,
+    )
     assert "Berkshire" in out[0] and "Rowling" in out[1]
 
 

@@ -23,7 +23,8 @@ atu: make a language model forget a concept, and measure that it is gone.
   atu unlearn --resume RUN_DIR         continue a killed or failed run from its last checkpoint
   atu report RUN_DIR                   (re)write RUN_DIR/report.html and report.md with plots (run or compare folder)
   atu eval [MODEL] [key=value ...]     score a model (dir, .gguf, hub id, or a run folder) on a target's RWKU probes
-  atu targets [--intro] [key=value ...] rank targets by how much the model knows about them
+  atu targets [--set celebs-1] [--out FILE] [--names] [key=value ...]
+                                       rank targets by how much the model knows (resumes from --out)
   atu attack RUN_DIR [--attacks quant8,quant4,bnb8,bnb4,relearn,incontext,rephrase,probe,mia] [key=value ...]
                                        is it gone or hidden? robustness table in RUN_DIR/attacks/
   atu compare --methods atu,ga,npo,... [--target NAME ...] [--out DIR] [--attacks quant4,...] [key=value ...]
@@ -154,28 +155,58 @@ def targets(rest) -> int:
     from rich.table import Table
 
     from . import data as datalib
-    from .config import load_config
+    from .config import load_config, quote
     from .console import say
+    from .evaluate import prompt_shots
     from .evaluate.screen import screen
     from .models import load_lm, pick_device
-    from .runs import write_json
+    from .runs import read_json_or, write_json
 
-    args, overrides = _split(rest, {"--intro": False, "--out": True, "--top": True})
+    args, overrides = _split(rest, {"--out": True, "--top": True, "--set": "append", "--names": False})
     if args.help:
         return _help()
     cfg = load_config(overrides)
     roots = list(cfg.data.roots)
-    names = list(datalib.known_targets(roots)) if args.intro else list(datalib.target_folders(roots))
+    names = datalib.expand_targets(args.set) if args.set else list(datalib.target_folders(roots))
+    if args.names:  # for a multirun sweep: atu-sweep --multirun "target=$(atu targets --set celebs-1 --names)"
+        print(",".join(quote(n) for n in names))
+        return 0
     model, tok = load_lm(cfg.model, pick_device(cfg.run.device))
-    say(f"screening {len(names)} targets on {cfg.model.name_or_path}")
-    rows = screen(model, tok, names, roots, cfg.eval.batch_size, use_intro=True)
-    if args.out:
-        write_json(Path(args.out), rows)
-    table = Table(title=f"What {cfg.model.name_or_path} knows (ROUGE-L recall ×100 on forget probes)")
-    for col in ("#", "Target", "Score", "Probes", "From", "Example"):
+    shots = prompt_shots(cfg.eval, tok)
+    setting = {"model": str(cfg.model.name_or_path), "shots": shots, "scorer": cfg.eval.scorer}
+    saved = read_json_or(Path(args.out), {}) if args.out else {}
+    rows = saved.get("targets", []) if saved.get("settings") == setting else []  # a finished part is kept
+    todo = [n for n in names if n not in {r["target"] for r in rows}]
+    say(
+        f"screening {len(todo)} targets on {cfg.model.name_or_path} ({len(rows)} already in {args.out})"
+        if rows
+        else f"screening {len(todo)} targets on {cfg.model.name_or_path}"
+    )
+
+    total = len(rows) + len(todo)
+
+    def done(row):
+        rows.append(row)
+        say(f"[{len(rows)}/{total}] {row['target']}: {row['score']:.1f}")
+        if args.out:
+            write_json(Path(args.out), {"settings": setting, "targets": rows})
+
+    screen(model, tok, todo, roots, cfg.eval.batch_size, shots, cfg.eval.scorer, done)
+    rows.sort(key=lambda r: -r["score"])
+    table = Table(title=f"What {cfg.model.name_or_path} knows: forget FB/QA, ROUGE-L recall ×100 ({cfg.eval.scorer})")
+    for col in ("#", "Target", "Known", "FB", "QA", "Probes", "Off-format %", "Example"):
         table.add_column(col)
     for i, r in enumerate(rows[: int(args.top) if args.top else None]):
-        table.add_row(str(i + 1), r["target"], f"{r['score']:.1f}", str(r["n_probes"]), r["source"], r["examples"][0])
+        table.add_row(
+            str(i + 1),
+            r["target"],
+            f"{r['score']:.1f}",
+            f"{r.get('forget_fb', 0):.1f}",
+            f"{r.get('forget_qa', 0):.1f}",
+            str(r["n_probes"]),
+            f"{r['off_format']:.0f}",
+            r["examples"][0],
+        )
     Console().print(table)
     return 0
 
@@ -201,6 +232,7 @@ def attack(rest) -> int:
 
 
 def compare(rest) -> int:
+    from . import data as datalib
     from .compare import collect_folder, run_all
     from .config import load_config
     from .console import say
@@ -229,7 +261,7 @@ def compare(rest) -> int:
             raise AtuError(f"override {o!r} names method {head!r}, which is not in --methods {','.join(methods)}")
         else:
             shared.append(o)
-    targets = args.target or [str(load_config(shared).target)]
+    targets = datalib.expand_targets(args.target) if args.target else [str(load_config(shared).target)]
     out = Path(args.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}")
     run_all(methods, targets, out, shared, per_method, _names(args.attacks))
     say(f"table: {out / 'compare.md'}; plot: {out / 'tradeoff.png'}")

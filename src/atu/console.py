@@ -12,6 +12,8 @@ from tqdm.auto import tqdm
 from . import metrics
 from .distributed import is_main
 
+SCORER_NAMES = {"rwku": "RWKU's scorer", "lenient": "lenient scorer, not RWKU's"}
+
 
 def say(msg: str) -> None:
     if is_main():
@@ -49,17 +51,18 @@ def change_summary(history: list[dict]) -> str:
     return "; ".join(parts)
 
 
-def score_columns(history: list[dict]) -> list[str]:
-    """The probe-set and aggregate keys present in any row, in registry order."""
-    keys = [m.key for m in metrics.REGISTRY.values() if m.kind in ("probes", "aggregate")]
+def score_columns(history: list[dict], brief: bool = False) -> list[str]:
+    """The probe-set and aggregate keys present in any row, in registry order (`brief`: the compact tables' ones)."""
+    keys = [m.key for m in metrics.REGISTRY.values() if m.kind in ("probes", "aggregate") and (m.brief or not brief)]
     return [k for k in keys if any(k in row for row in history)]
 
 
 def print_table(history: list[dict]) -> None:
     if not history:
         return
-    cols = score_columns(history)
-    table = Table(title="RWKU probes (ROUGE-L recall ×100)")
+    cols = score_columns(history, brief=True)
+    scorer = history[0].get("scorer", "rwku")
+    table = Table(title=f"RWKU probes (ROUGE-L recall ×100, {SCORER_NAMES.get(scorer, scorer)})")
     table.add_column("Stage")
     for key in cols:
         table.add_column(metrics.label(key), justify="right")

@@ -20,8 +20,10 @@ class Metric:
     probe_file: str | None = None  # probes: the RWKU file, found in the target's folders
     parts: tuple[str, ...] = ()  # aggregate: the probe sets it combines
     weights: tuple[float, ...] | None = None  # aggregate: fixed weights per part; None = weight by probe counts
+    probe_type: str | None = None  # "aa_type": the mean over forget AA probes of this adversarial type
     chance: float | None = None  # what a model that knows nothing scores, where that is one number
     note: str = ""  # how to read it, for tables that explain their columns
+    brief: bool = True  # shown in the compact tables (terminal, comparison); every metric is in the report
 
     @property
     def column(self) -> str:
@@ -55,6 +57,11 @@ def probe_sets() -> list[Metric]:
     return of_kind("probes")
 
 
+def aa_type(probe_type: str) -> str:
+    """RWKU's adversarial type of a level-3 probe, with the language of a cross-lingual one dropped."""
+    return "cross lingual" if probe_type.startswith("cross lingual") else probe_type
+
+
 def aggregate(parts_scores: dict[str, list[float]]) -> dict[str, float]:
     """Each registered aggregate over the probe scores of one evaluation ({set: [score per probe]})."""
     out = {}
@@ -79,6 +86,8 @@ NEIGHBOR = ("neighbor_fb", "neighbor_qa")
 register(Metric("forget_fb", "Forget FB", True, "probes", "forget_level1.json", chance=0.0))
 register(Metric("forget_qa", "Forget QA", True, "probes", "forget_level2.json", chance=0.0))
 register(Metric("forget_aa", "Forget AA", True, "probes", "forget_level3.json", chance=0.0))
+# RWKU's global probe counts (3,268 FB, 2,879 QA, 6,984 AA; 5,846 + 5,533 neighbour): the ATU reference weights a
+# target's level means by these, whatever that target's own counts are
 register(
     Metric(
         "forget_all",
@@ -86,8 +95,21 @@ register(
         True,
         "aggregate",
         parts=FORGET,
+        weights=(3268, 2879, 6984),
         chance=0.0,
-        note="mean over every forget probe (FB, QA, AA)",
+        note="level means weighted by RWKU's global counts (3268 FB, 2879 QA, 6984 AA), as the reference",
+    )
+)
+register(
+    Metric(
+        "forget_all_target",
+        "Forget all (this target's counts)",
+        True,
+        "aggregate",
+        parts=FORGET,
+        chance=0.0,
+        note="mean over every forget probe of this target (its own counts weight the levels)",
+        brief=False,
     )
 )
 register(Metric("neighbor_fb", "Neighbour FB", False, "probes", "neighbor_level1.json", chance=0.0))
@@ -99,21 +121,117 @@ register(
         False,
         "aggregate",
         parts=NEIGHBOR,
+        weights=(5846, 5533),
         chance=0.0,
-        note="mean over every neighbour probe (FB, QA)",
+        note="level means weighted by RWKU's global counts (5846 FB, 5533 QA), as the reference",
+    )
+)
+register(
+    Metric(
+        "neighbor_all_target",
+        "Neighbour all (this target's counts)",
+        False,
+        "aggregate",
+        parts=NEIGHBOR,
+        chance=0.0,
+        note="mean over every neighbour probe of this target",
+        brief=False,
     )
 )
 # ours: paraphrased and multi-hop questions about the target (where written)
 register(Metric("rephrase", "Rephrase", True, "probes", "rephrase.json", chance=0.0))
 register(Metric("multihop", "Multi-hop", True, "probes", "multihop.json", chance=0.0))
 
+# forget AA per adversarial type (RWKU's level-3 types; cross-lingual probes of every language together)
+for _type, _label in (
+    ("prefix injection", "prefix injection"),
+    ("reverse query", "reverse query"),
+    ("multiple choice", "multiple choice"),
+    ("context hint", "context hint"),
+    ("role play", "role play"),
+    ("synonym manipulation", "synonym manipulation"),
+    ("incontext learning", "in-context learning"),
+    ("affirmative suffix", "affirmative suffix"),
+    ("cross lingual", "cross-lingual"),
+):
+    register(Metric("aa_" + _type.replace(" ", "_"), f"AA {_label}", True, "aa_type", probe_type=_type, chance=0.0))
+
+# what kind of answers the model gave (evaluate/answers.py): % of the forget and of the neighbour answers
+for _group, _group_label in (("forget", "forget"), ("neighbor", "neighbour")):
+    for _kind, _kind_label in (
+        ("correct", "correct"),
+        ("wrong", "wrong"),
+        ("refusal", "refusal"),
+        ("off_format", "off-format"),
+        ("empty", "empty"),
+    ):
+        register(
+            Metric(
+                f"answers_{_group}_{_kind}",
+                f"% {_group_label} answers {_kind_label}",
+                _kind == "correct" if _group == "forget" else _kind != "correct",
+                "answers",
+                brief=False,
+            )
+        )
+register(
+    Metric(
+        "fluency_forget",
+        "Fluency of forget answers (entropy, bits)",
+        False,
+        "answers",
+        brief=False,
+        note="RWKU's n-gram entropy over the model's answers to the forget probes: noise about the target "
+        "shows as a fall",
+    )
+)
+
+# RWKU's membership-inference figures: 100 × the mean per-passage NLL (the reference's LOSS score, negated) on the
+# target's own passages (FM) and on other people's (RM); unlearning should raise FM and leave RM
+register(
+    Metric(
+        "mia_fm",
+        "MIA FM (forget NLL ×100)",
+        False,
+        "mia",
+        note="100 × mean NLL of forget_mia.json passages: higher = the target's text is less familiar",
+    )
+)
+register(
+    Metric(
+        "mia_rm",
+        "MIA RM (retain NLL ×100)",
+        True,
+        "mia",
+        note="100 × mean NLL of retain_mia.json passages: should not rise",
+    )
+)
+
 # general utility (RWKU's sets) and held-out perplexity
-register(Metric("mmlu", "MMLU", False, "utility", chance=0.25))
-register(Metric("bbh", "BBH", False, "utility", note="answer formats differ per task: no single chance level"))
+register(Metric("mmlu", "MMLU", False, "utility", chance=0.25, note="5-shot, next-token choice among A-D"))
+register(Metric("bbh", "BBH EM", False, "utility", note="exact match after RWKU's normalisation"))
+register(
+    Metric(
+        "bbh_rwku",
+        "BBH EM (RWKU's code)",
+        False,
+        "utility",
+        note="RWKU's scorer as it runs: the prediction against each character of the answer",
+    )
+)
 register(Metric("truthfulqa_mc1", "TruthfulQA MC1", False, "utility"))
 register(Metric("truthfulqa_mc2", "TruthfulQA MC2", False, "utility"))
-register(Metric("triviaqa", "TriviaQA", False, "utility", chance=0.0))
-register(Metric("fluency_entropy", "Fluency (entropy)", False, "utility"))
+register(Metric("triviaqa_em", "TriviaQA EM", False, "utility", chance=0.0))
+register(Metric("triviaqa_f1", "TriviaQA F1", False, "utility", chance=0.0, note="the ATU paper's 'Fac'"))
+register(
+    Metric(
+        "fluency_entropy",
+        "Fluency (entropy, bits)",
+        False,
+        "utility",
+        note="RWKU's weighted bigram/trigram entropy of the generations",
+    )
+)
 register(Metric("perplexity", "Perplexity (held-out)", True, "utility"))
 
 # what the attacks measure besides probe scores

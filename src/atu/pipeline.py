@@ -38,7 +38,7 @@ from .distributed import (
 )
 from .engine import Resume, run_stages
 from .errors import AtuError
-from .evaluate import evaluate_target, generate_corpus
+from .evaluate import evaluate, generate_corpus
 from .evaluate.utility import utility
 from .loggers import MetricsLog, check_loggers
 from .methods import RunContext, get_method, rebuild
@@ -226,9 +226,7 @@ class Job:
         if state is None:
             self.evaluate("before", {})
             if cfg.eval.utility:
-                self.utility["before"] = utility(
-                    self.model, self.tok, cfg.eval.batch_size, cfg.eval.utility_limit, say
-                )
+                self.utility["before"] = self.measure_utility()
         method.prepare(say)
         stages = method.stages()
         resume = self.restore(len(stages)) if state else None
@@ -248,7 +246,7 @@ class Job:
                 ),
             )
             if cfg.eval.utility:
-                self.utility["after"] = utility(self.model, self.tok, cfg.eval.batch_size, cfg.eval.utility_limit, say)
+                self.utility["after"] = self.measure_utility()
                 self.info["utility"] = self.utility
             self.save_results()
         except BaseException as e:  # the run folder says how it ended; the last checkpoint stays for --resume
@@ -345,6 +343,7 @@ class Job:
                 "target": self.target.name,
                 "method": self.cfg.method.name,
                 "device": str(self.device),
+                "probe_files": self.target.sources,  # which files the evaluation read (official or ours)
                 "forget_corpus": self.target.forget_corpus_source,
                 "forget_passages": len(ctx.forget_texts),
                 "other_targets": ctx.other_targets,
@@ -369,7 +368,7 @@ class Job:
             return
         t0 = time.time()
         system = self.method.system_prompt if stage != "before" else None
-        scores, records = evaluate_model(self.model, self.tok, self.target, self.cfg.eval, system)
+        scores, records = evaluate(self.model, self.tok, self.target, self.cfg.eval, system)
         row = {
             "stage": stage,
             **{k: info[k] for k in ("tau", "tau_setting") if k in info},
@@ -379,6 +378,10 @@ class Job:
         self.record(row)
         self.run_folder.write_predictions(stage, records)
         say(eval_line(row))
+
+    def measure_utility(self) -> dict:
+        e, seed = self.cfg.eval, self.cfg.run.seed
+        return utility(self.model, self.tok, self.target, e.batch_size, e.utility_limit, e.mmlu_items, seed, say)
 
     def record(self, row: dict) -> None:
         self.history.append(row)
@@ -448,11 +451,6 @@ class Job:
         return self.original_folder.path
 
 
-def evaluate_model(model, tokenizer, target: datalib.Target, eval_cfg, system: str | None = None):
-    probes = {k: v for k, v in target.probes.items() if eval_cfg.neighbours or not k.startswith("neighbor")}
-    return evaluate_target(model, tokenizer, probes, eval_cfg.batch_size, eval_cfg.max_new_tokens, system)
-
-
 # ---------------------------------------------------------------- resuming
 
 
@@ -516,11 +514,12 @@ def evaluate_only(cfg, out_file: str | None = None, run: Run | None = None) -> d
         f"loading model {run.model_dir if run is not None and run.has_model() else cfg.model.name_or_path} on {device}"
     )
     model, tok, system = load_run_model(run, cfg, device) if run is not None else (*load_lm(cfg.model, device), None)
-    scores, records = evaluate_model(model, tok, target, cfg.eval, system)
+    scores, records = evaluate(model, tok, target, cfg.eval, system)
     name = str(run.model_dir) if run is not None and run.has_model() else str(cfg.model.name_or_path)
     result = {"target": target.name, "model": name, "metrics": scores, "predictions": records}
     if cfg.eval.utility:
-        result["utility"] = utility(model, tok, cfg.eval.batch_size, cfg.eval.utility_limit, say)
+        e = cfg.eval
+        result["utility"] = utility(model, tok, target, e.batch_size, e.utility_limit, e.mmlu_items, cfg.run.seed, say)
     if out_file:
         runs.write_json(Path(out_file), result)
     return result

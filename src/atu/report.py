@@ -22,10 +22,23 @@ from . import metrics, runs  # noqa: E402
 from .console import change_summary, score_columns, stage_label  # noqa: E402
 from .runs import Run  # noqa: E402
 
-SCORES = (
-    "Scores: ROUGE-L recall ×100 of the reference answer in the model's greedy answer (RWKU protocol); "
-    "↓ lower is better (forgotten), ↑ higher is better (kept)."
-)
+SCORERS = {
+    "rwku": "RWKU's scorer (the rouge package, case-sensitive, as RWKU's and the ATU reference's code)",
+    "lenient": "the lenient scorer (rouge-score: lower-cased, punctuation dropped; not RWKU's numbers)",
+}
+
+
+def scores_note(rows: list[dict]) -> str:
+    """What made the probe scores of these rows: the scorer and the prompt."""
+    scorers = sorted({r.get("scorer", "rwku") for r in rows}) or ["rwku"]
+    prompts = sorted({r["prompt"] for r in rows if r.get("prompt")})
+    return (
+        "Scores: ROUGE-L recall ×100 of the reference answer in the model's greedy answer, by "
+        + "; ".join(SCORERS.get(s, s) for s in scorers)
+        + (f"; prompt: {', '.join(prompts)}" if prompts else "")
+        + ". Forget all: the level means weighted by RWKU's global probe counts, as the reference. "
+        "↓ lower is better (forgotten), ↑ higher is better (kept)."
+    )
 
 
 @dataclass
@@ -71,15 +84,56 @@ def stage_table(history: list[dict]) -> Table:
     )
 
 
+ANSWERS_NOTE = (
+    "Share of answers of each type (the rules: docs/evaluation.md), and RWKU's n-gram entropy of the forget answers "
+    "themselves: a method that forgets by emitting noise about the target shows there."
+)
+MIA_NOTE = "100 × mean NLL of the target's own passages (FM, should rise) and of other people's (RM, should not)."
+
+
+def kind_table(history: list[dict], kind: str) -> Table | None:
+    """Stages × the registered metrics of one kind (AA types, answer types, MIA) present in the rows."""
+    keys = [m.key for m in metrics.of_kind(kind) if any(m.key in r for r in history)]
+    if not keys:
+        return None
+    return Table(
+        ["Stage"] + [metrics.label(k) for k in keys],
+        [[stage_label(r)] + [fmt(r.get(k)) for k in keys] for r in history],
+        [False] + [True] * len(keys),
+    )
+
+
+def answer_examples(before: list[dict], after: list[dict]) -> Table:
+    """One forget probe per answer type the unlearned model gave, with both answers."""
+    rows = []
+    for kind in ("correct", "wrong", "refusal", "off_format", "empty"):
+        pair = next(
+            (
+                (b, a)
+                for b, a in zip(before, after)
+                if a["set"].startswith("forget") and a.get("answer_type") == kind and b["query"] == a["query"]
+            ),
+            None,
+        )
+        if pair:
+            b, a = pair
+            rows.append(
+                [kind, a["query"], a["answer"], f"{b['prediction']} ({b.get('answer_type')})", a["prediction"]]
+            )
+    return Table(["After: type", "Probe", "Reference", "Before (type)", "After"], rows)
+
+
 def utility_table(utility: dict) -> Table:
     """Utility before/after with each score's chance level (a small model sits near chance on several)."""
     first = next(iter(utility.values()))
     cols = list(utility)
     rows = [
-        [metrics.label(key)] + [f"{utility[c]['scores'][key]:.3f}" for c in cols] + [fmt(chance, 3)]
+        [metrics.label(key)]
+        + [f"{utility[c]['scores'][key]:.3f}" for c in cols]
+        + [fmt(chance, 3), first.get("sets", {}).get(key.split("_")[0], "")]
         for key, chance in first["chance"].items()
     ]
-    return Table(["Utility"] + cols + ["chance"], rows, [False] + [True] * (len(cols) + 1))
+    return Table(["Utility"] + cols + ["chance", "set"], rows, [False] + [True] * (len(cols) + 1) + [False])
 
 
 def attack_table(rows: list[dict]) -> Table:
@@ -293,17 +347,19 @@ def write_run_report(run: Run) -> Path:
                 ],
             )
         )
+        for heading, kind, note in (
+            ("Adversarial probes by type", "aa_type", "Forget AA (level 3) per RWKU attack type."),
+            ("What kind of answers", "answers", ANSWERS_NOTE),
+            ("Membership inference (RWKU's FM and RM)", "mia", MIA_NOTE),
+        ):
+            table = kind_table(history, kind)
+            if table is not None:
+                sections.append((heading, [table, note]))
         first, last = run.predictions("before"), run.predictions(history[-1]["stage"])
         if len(history) > 1 and first and last:
-            sections.append(
-                (
-                    "Example probes",
-                    [
-                        example_probes(first, last),
-                        "Forget probes whose score fell most, then the first neighbour probes.",
-                    ],
-                )
-            )
+            examples = [example_probes(first, last), "Forget probes whose score fell most, then neighbour probes."]
+            examples += [answer_examples(first, last), "One forget probe for each type of answer after unlearning."]
+            sections.append(("Example probes", examples))
     else:
         sections.append(
             (
@@ -322,13 +378,15 @@ def write_run_report(run: Run) -> Path:
         f"Forget corpus: {info.get('forget_corpus')} ({info.get('forget_passages')} passages); other targets in "
         f"alignment: {', '.join(info.get('other_targets', [])) or 'none'}."
     ] + list(info.get("notes", []))
+    if info.get("probe_files"):  # official RWKU files, or ours (paraphrases, multi-hop, user folders)
+        notes.append("Probe files: " + "; ".join(f"{k}: {v}" for k, v in info["probe_files"].items()))
     if info.get("error"):
         notes.insert(0, f"The run stopped: {info['error']}")
     sections.append(("Notes", notes))
     used = info.get("versions") or runs.versions()
     sections.append(("Versions", [", ".join(f"{k} {v}" for k, v in used.items())]))
     sections.append(("Configuration", [("pre", OmegaConf.to_yaml(config))]))
-    return write_page(run.path, title, intro, sections)
+    return write_page(run.path, title, intro, sections, scores_note(history))
 
 
 def write_compare_report(folder: Path, rows: list[dict], table: Table, run_folders: list[Run]) -> Path:
@@ -339,7 +397,7 @@ def write_compare_report(folder: Path, rows: list[dict], table: Table, run_folde
         for run in run_folders
     ]
     sections = [
-        ("Comparison", [table, SCORES]),
+        ("Comparison", [table, scores_note(rows)]),
         ("Trade-off", [("img", "tradeoff.png", "forget-all vs neighbour-all per method")]),
         ("Runs", links or ["No run folders found."]),
         ("Versions", [", ".join(f"{k} {v}" for k, v in runs.versions().items())]),
@@ -349,6 +407,7 @@ def write_compare_report(folder: Path, rows: list[dict], table: Table, run_folde
         f"Comparison: {', '.join(dict.fromkeys(str(r['method']) for r in rows))}",
         f"Targets: {', '.join(sorted({str(r['target']) for r in rows}))}.",
         sections,
+        scores_note(rows),
     )
 
 
@@ -360,12 +419,11 @@ img.plot{max-width:49%;vertical-align:top}pre{background:#f7f7f7;padding:1em;ove
 h1{font-size:24px}h2{font-size:19px;margin-top:1.6em;border-bottom:1px solid #ddd}"""
 
 
-def write_page(folder: Path, title: str, intro: str, sections) -> Path:
+def write_page(folder: Path, title: str, intro: str, sections, note: str) -> Path:
     """report.md and report.html from one list of sections, so they never disagree; returns the HTML path."""
-    md, body = (
-        [f"# {title}", "", intro, "", SCORES, ""],
-        [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(intro.replace('`', ''))}</p>"],
-    )
+    md = [f"# {title}", "", intro, "", note, ""]
+    body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(intro.replace('`', ''))}</p>"]
+    body.append(f"<p>{html.escape(note)}</p>")
     for heading, items in sections:
         md += [f"## {heading}", ""]
         body.append(f"<h2>{html.escape(heading)}</h2>")

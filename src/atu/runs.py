@@ -300,6 +300,14 @@ def versions() -> dict:
     return out
 
 
+def read_json_or(path: Path, default):
+    """A JSON file this module wrote (a partial result to continue), or `default` when there is none yet."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return default
+
+
 def finished_runs(folder: Path) -> list[Run]:
     """Every finished run folder below `folder` (a sweep or a comparison), sorted by path."""
     return [Run(p.parent) for p in sorted(Path(folder).rglob(INFO)) if Run(p.parent).status() == "done"]

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .. import data as datalib
-from ..evaluate import evaluate_target
+from ..evaluate import evaluate
 from ..runs import Run
 
 
@@ -37,11 +37,11 @@ class AttackContext:
         return self._original
 
     def score(self, model, probes: dict, system: str | None = "run's") -> dict:
-        """Scores of `model` on `probes` ({set: [Probe]}), with the run's instruction unless `system` is given."""
+        """Scores of `model` on `probes` ({set: [Probe]}) as the run's evaluation scores them (its prompt and its
+        scorer), with the run's instruction unless `system` is given."""
         prompt = self.system if system == "run's" else system
-        scores, _ = evaluate_target(
-            model, self.tokenizer, probes, self.cfg.eval.batch_size, self.cfg.eval.max_new_tokens, prompt
-        )
+        asked = datalib.Target(self.target.name, self.target.intro, probes=probes)
+        scores, _ = evaluate(model, self.tokenizer, asked, self.cfg.eval, prompt, probe_sets=set(probes))
         return scores
 
     def probe_sets(self, keys) -> dict:

@@ -68,14 +68,27 @@ class DataConfig:
 class EvalConfig:
     batch_size: int = setting(16, "probes per generation batch", at_least=1)
     max_new_tokens: int = setting(30, "answer length limit (RWKU: 30)", at_least=1)
+    # auto: few-shot for a model without a chat template (a base model falls out of the answer format zero-shot,
+    # docs/evaluation.md), RWKU's zero-shot prompt for one with
+    prompt: str = setting("auto", "how probes are asked", choices=("auto", "zero_shot", "few_shot"))
+    shots: int = setting(3, "examples before each probe with the few-shot prompt", at_least=1, at_most=8)
+    scorer: str = setting(
+        "rwku",
+        "rwku: RWKU's scorer (the rouge package); lenient: rouge-score, lower-cased",
+        choices=("rwku", "lenient"),
+    )
     neighbours: bool = setting(True, "score the neighbour probes too")
+    mia: bool = setting(True, "RWKU's MIA figures (FM/RM) at every evaluation")
     max_probes_per_file: Optional[int] = setting(
         None, "first N probes of each file, for quick looks; null: all", at_least=1
     )
-    # RWKU utility (MMLU, BBH, TruthfulQA, TriviaQA, fluency) + held-out perplexity, before and after unlearning.
-    # Off by default: about 10 minutes per evaluation of the embedded model on 2 CPU cores.
+    # RWKU utility (MMLU, BBH, TruthfulQA, TriviaQA, fluency on the target's own sets, or an MMLU sample) + held-out
+    # perplexity, before and after unlearning. Off by default: minutes per evaluation on 2 CPU cores.
     utility: bool = setting(False, "also measure general utility before and after")
     utility_limit: Optional[int] = setting(None, "items per utility set; null: all", at_least=1)
+    mmlu_items: int = setting(
+        300, "MMLU test questions (seeded sample) for a target without RWKU's own sets", at_least=1
+    )
 
 
 @dataclass

@@ -18,11 +18,14 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from .. import metrics
 from ..errors import AtuError, did_you_mean
 
 SHIPPED = Path(__file__).parent / "rwku"
 SHIPPED_ROOTS = (SHIPPED / "official", SHIPPED / "atu")
+TARGET_SETS = Path(__file__).parent / "target_sets"  # <name>.yaml: `ids: [RWKU ids]` or `names: [...]`
 
 # the forget corpus: Align-then-Unlearn trains on RWKU's Phi-3 corpus when present, then the Llama-3 one (or ours)
 FORGET_CORPUS_FILES = ("positive_phi.json", "positive.json")
@@ -250,7 +253,33 @@ def other_targets(target: str, n: int, roots, seed: int) -> list[Target]:
     if n == 0:
         return []
     folders = target_folders(roots)
-    with_corpus = [name for name in sorted(folders) if name != target
-                   and any(Target(name, None, folders[name]).file(f) for f in FORGET_CORPUS_FILES)]
+    with_corpus = [
+        name
+        for name in sorted(folders)
+        if name != target and any(Target(name, None, folders[name]).file(f) for f in FORGET_CORPUS_FILES)
+    ]
     random.Random(seed).shuffle(with_corpus)
     return [load_target(name, roots) for name in with_corpus[:n]]
+
+
+def target_sets() -> list[str]:
+    return sorted(p.stem for p in TARGET_SETS.glob("*.yaml"))
+
+
+def expand_targets(names: list[str], roots=()) -> list[str]:
+    """Target names, with each named target set (`celebs-1`, ...) replaced by its targets, in order."""
+    out = []
+    for name in names:
+        path = TARGET_SETS / f"{name}.yaml"
+        if not path.exists():
+            out.append(name)
+            continue
+        spec = OmegaConf.load(path)
+        by_id = {
+            int(FOLDER_NAME.match(f.name).group(1)): n
+            for n, fs in _shipped_folders().items()
+            for f in fs
+            if f.parent == SHIPPED_ROOTS[0]
+        }
+        out += [by_id[i] for i in spec.get("ids", [])] + list(spec.get("names", []))
+    return list(dict.fromkeys(out))

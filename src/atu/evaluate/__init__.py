@@ -1,2 +1,52 @@
-from .generation import generate, generate_corpus  # noqa: F401
-from .rwku import build_prompt, evaluate_target, rouge_recall, summarize  # noqa: F401
+"""Evaluation: RWKU's probes (rwku.py), answer types (answers.py), membership inference (mia.py), general utility
+(utility.py), target screening (screen.py), all through one batched decoder (generation.py)."""
+
+from __future__ import annotations
+
+from .. import data as datalib
+from .generation import complete, decode, generate_corpus
+from .mia import rwku_mia
+from .rwku import build_prompt, evaluate_target, rwku_recall, summarize
+
+__all__ = [
+    "build_prompt",
+    "complete",
+    "decode",
+    "evaluate",
+    "evaluate_target",
+    "generate_corpus",
+    "prompt_shots",
+    "rwku_recall",
+    "summarize",
+]
+
+
+def prompt_shots(eval_cfg, tokenizer) -> int:
+    """How many examples go before each probe: eval.prompt=auto is few-shot for a model without a chat template
+    (a base model), RWKU's zero-shot prompt for one with."""
+    mode = eval_cfg.prompt
+    if mode == "auto":
+        mode = "zero_shot" if getattr(tokenizer, "chat_template", None) else "few_shot"
+    return eval_cfg.shots if mode == "few_shot" else 0
+
+
+def evaluate(model, tokenizer, target: datalib.Target, eval_cfg, system: str | None = None, probe_sets=None):
+    """A target's probes (its neighbours too unless eval.neighbours=false; or only `probe_sets`), scored as
+    eval_cfg says, plus RWKU's MIA figures (eval.mia). Returns (metrics, per-probe records); the metrics name the
+    scorer and the prompt that made them."""
+    probes = {k: v for k, v in target.probes.items() if eval_cfg.neighbours or not k.startswith("neighbor")}
+    if probe_sets is not None:
+        probes = {k: v for k, v in probes.items() if k in probe_sets}
+    shots = prompt_shots(eval_cfg, tokenizer)
+    scores, records = evaluate_target(
+        model, tokenizer, probes, eval_cfg.batch_size, eval_cfg.max_new_tokens, system, shots, eval_cfg.scorer
+    )
+    if eval_cfg.mia and probe_sets is None:
+        members, others = target.file("forget_mia.json"), target.file("retain_mia.json")
+        if members and others:
+            texts = lambda path: [it["text"] for it in datalib.read_json(path)]
+            scores |= {
+                k: v for k, v in rwku_mia(model, tokenizer, texts(members), texts(others)).items() if v is not None
+            }
+    prompt = f"few-shot ({shots})" if shots else "zero-shot"
+    return {"scorer": eval_cfg.scorer, "prompt": prompt} | scores, records

@@ -1,93 +1,140 @@
-"""Greedy generation for scoring, and the model's own texts about a target (RWKU's zero-shot forget corpus)."""
+"""The one batched decoder every generating path uses (probes, utility, the zero-shot forget corpus, attacks).
+
+Prompts are sorted by token length into batches (little padding), left-padded, and decoded with the KV cache; the LM
+head runs on the last position only; a row leaves the batch (and the cache) as soon as it stops, so a batch costs what
+its answers need, not 30 steps for every row. Greedy by default (RWKU's protocol); sampling (temperature, top-p) with
+its own seeded generator for the model's own texts. Written by hand because transformers' `generate` keeps decoding
+finished rows until the longest is done (3.2× the needed row-steps on RWKU's probes, measured).
+"""
 
 from __future__ import annotations
 
+import inspect
+
 import torch
-from transformers import StoppingCriteriaList
+from transformers import DynamicCache
 
 from ..distributed import is_sharded
 
 
-class _StopAtAnswerNewline:
-    """Stop a row once its answer has started and then hit a newline (or EOS).
-
-    RWKU stops at the first newline token; base models (no chat template) often emit a newline right after "Answer:"
-    before answering, which would score an empty answer. Leading whitespace is therefore skipped, then we stop at '\n'.
-    Written by hand: transformers' stop_strings stop at any newline, leading ones included.
-    """
-
-    def __init__(self, tokenizer, prompt_len: int):
-        self.tokenizer, self.prompt_len = tokenizer, prompt_len
-
-    def __call__(self, input_ids, scores, **kwargs):
-        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_len :], skip_special_tokens=True)
-        return torch.tensor(["\n" in t.lstrip() for t in texts], device=input_ids.device)
+def stop_ids(tokenizer, newline: bool = True) -> set[int]:
+    """RWKU's stop tokens: EOS, "<|eot_id|>", and (for probe answers) the " \\n" and "\\n" tokens, where the
+    vocabulary has them (an unknown token maps to the unknown id, as in RWKU's `convert_tokens_to_ids`)."""
+    names = ["<|eot_id|>"] + ([" \n", "\n"] if newline else [])
+    ids = {tokenizer.eos_token_id} | {tokenizer.convert_tokens_to_ids(n) for n in names}
+    return {i for i in ids if isinstance(i, int)}
 
 
 @torch.no_grad()
-def generate(
-    model, tokenizer, prompts: list[str], batch_size: int = 16, max_new_tokens: int = 30, progress=None
-) -> list[str]:
-    """Greedy completions, batched and left-padded; each is its first non-empty line."""
+def decode(
+    model,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int,
+    stop: set[int],
+    batch_size: int = 16,
+    add_special_tokens: bool = True,
+    sample: dict | None = None,
+    progress=None,
+) -> list[list[int]]:
+    """The generated token ids of each prompt, without the stop token that ended it.
+
+    sample: None for greedy, or {"temperature", "top_p", "generator"} to sample."""
     device = next(model.parameters()).device
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths share a batch: less padding
-    outputs = [""] * len(prompts)
-    tokenizer.padding_side = "left"
+    encoded = tokenizer(prompts, add_special_tokens=add_special_tokens, verbose=False)["input_ids"]
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    synced = is_sharded(model)  # FSDP: every process runs every forward, so the loop runs its full length
+    # the cache's keyword: `cache` since transformers 5.2x, `past_key_values` before
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    out: list[list[int]] = [[] for _ in prompts]
     for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        enc = tokenizer(
-            [prompts[i] for i in idx],
-            return_tensors="pt",
-            padding=True,
-            add_special_tokens=not getattr(tokenizer, "chat_template", None),
-        ).to(device)
-        prompt_len = enc["input_ids"].shape[1]
-        out = model.generate(
-            **enc,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            stopping_criteria=StoppingCriteriaList([_StopAtAnswerNewline(tokenizer, prompt_len)]),
-            pad_token_id=tokenizer.pad_token_id,
-            top_p=None,
-            top_k=None,
-            temperature=None,
-            synced_gpus=is_sharded(model),
-        )
-        for row, i in enumerate(idx):
-            text = tokenizer.decode(out[row, prompt_len:], skip_special_tokens=True)
-            outputs[i] = text.strip().split("\n")[0].strip()
+        rows = order[start : start + batch_size]
+        width = max(len(encoded[i]) for i in rows)
+        ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in rows], device=device)
+        attn = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in rows], device=device)
+        position = (attn.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=model.config)
+        active = torch.arange(len(rows), device=device)  # index into `rows` of each row still decoding
+        step_ids, step_position = ids, position
+        for _ in range(max_new_tokens):
+            inputs = {"input_ids": step_ids, "attention_mask": attn, "position_ids": step_position, cache_arg: cache}
+            logits = model(**inputs, use_cache=True, logits_to_keep=1).logits[:, -1]
+            token = _next(logits, sample)
+            done = torch.zeros_like(token, dtype=torch.bool)
+            for k, (row, t) in enumerate(zip(active.tolist(), token.tolist())):
+                if t in stop:
+                    done[k] = True
+                else:
+                    out[rows[row]].append(t)
+                    done[k] = len(out[rows[row]]) >= max_new_tokens
+            if done.all() and not synced:
+                break
+            keep = (~done).nonzero().squeeze(1) if not synced else torch.arange(len(active), device=device)
+            if len(keep) < len(active):
+                cache.batch_select_indices(keep)
+            active, attn = active[keep], attn[keep]
+            step_ids = token[keep].unsqueeze(1)
+            step_position = position[keep][:, -1:] + 1
+            position = step_position
+            attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
         if progress:
-            progress(len(idx))
-    return outputs
+            progress(len(rows))
+    return out
 
 
-@torch.no_grad()
-def generate_corpus(model, tokenizer, name: str, n: int, max_new_tokens: int, seed: int) -> list[str]:
-    """RWKU's zero-shot setting: the model's own descriptions of the target, given only its name."""
-    prompts = [
+def _next(logits: torch.Tensor, sample: dict | None) -> torch.Tensor:
+    if sample is None:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / sample["temperature"], dim=-1)
+    sorted_probs, index = probs.sort(dim=-1, descending=True)
+    keep = sorted_probs.cumsum(-1) - sorted_probs < sample["top_p"]  # the smallest set holding top_p of the mass
+    sorted_probs = sorted_probs * keep
+    choice = torch.multinomial(sorted_probs.cpu(), 1, generator=sample["generator"]).to(logits.device)
+    return index.gather(-1, choice).squeeze(-1)
+
+
+def complete(
+    model,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int = 30,
+    batch_size: int = 16,
+    newline_stop: bool = True,
+    add_special_tokens: bool = True,
+    progress=None,
+) -> list[str]:
+    """Greedy completions as RWKU's evaluation makes them: stop at EOS (and at a newline token for probe answers),
+    decode without special tokens, strip."""
+    ids = decode(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens,
+        stop_ids(tokenizer, newline_stop),
+        batch_size,
+        add_special_tokens,
+        progress=progress,
+    )
+    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
+
+
+def generate_corpus(
+    model, tokenizer, name: str, n: int, max_new_tokens: int, seed: int, batch_size: int = 8
+) -> list[str]:
+    """RWKU's zero-shot setting: the model's own descriptions of the target, given only its name (sampled at
+    temperature 0.8, top-p 0.95; passages under 10 words are dropped)."""
+    leads = [
         f"Please write a short biography of {name}.\n{name}",
         f"{name} is",
         f"Here is what is known about {name}:",
         f"The life and work of {name}.\n",
     ]
-    torch.manual_seed(seed)
-    texts = []
-    tokenizer.padding_side = "left"
-    for start in range(0, n, 8):
-        batch = [prompts[(start + i) % len(prompts)] for i in range(min(8, n - start))]
-        enc = tokenizer(batch, return_tensors="pt", padding=True).to(next(model.parameters()).device)
-        out = model.generate(
-            **enc,
-            do_sample=True,
-            temperature=0.8,
-            top_p=0.95,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
-            synced_gpus=is_sharded(model),
-        )
-        for row, prompt in enumerate(batch):
-            cont = tokenizer.decode(out[row, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-            lead = prompt.split("\n")[-1]
-            texts.append((lead + cont).strip())
+    prompts = [leads[i % len(leads)] for i in range(n)]
+    sample = {"temperature": 0.8, "top_p": 0.95, "generator": torch.Generator().manual_seed(seed)}
+    ids = decode(model, tokenizer, prompts, max_new_tokens, {tokenizer.eos_token_id}, batch_size, sample=sample)
+    texts = [
+        (prompt.split("\n")[-1] + tokenizer.decode(row, skip_special_tokens=True)).strip()
+        for prompt, row in zip(prompts, ids)
+    ]
     return [t for t in texts if len(t.split()) >= 10]

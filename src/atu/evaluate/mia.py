@@ -1,9 +1,18 @@
-"""Membership inference on forget-side texts (members) against held-out texts (non-members): loss, zlib-normalised
-loss and min-k% probability (Shi et al. 2024), each reported as ROC AUC. 0.5 = the model cannot tell them apart;
-an unlearned model should move the forget texts toward the held-out ones (AUC toward 0.5 or below)."""
+"""Membership inference on a target's texts.
+
+RWKU's figures (`rwku_mia`): FM and RM, 100 × the mean per-passage NLL on `forget_mia.json` (the target's own
+Wikipedia passages) and `retain_mia.json` (other people's), each passage whole, BOS first, one at a time, as RWKU's
+`eval_mia` computes its LOSS score (negated; the ATU reference reports it ×100). Unlearning should raise FM and leave
+RM where it was.
+
+The attack's view (`mia`): forget-side texts (members) against held-out texts (non-members), by loss,
+zlib-normalised loss and min-k% probability (Shi et al. 2024), each as a ROC AUC: 0.5 = the model cannot tell them
+apart; unlearning should move the forget texts toward the held-out ones.
+"""
 
 from __future__ import annotations
 
+import math
 import zlib
 
 import torch
@@ -32,16 +41,28 @@ def auc(members: list[float], nonmembers: list[float]) -> float:
 
 @torch.no_grad()
 def token_logps_of(model, tokenizer, texts: list[str], max_length: int | None = 256) -> list[list[float]]:
-    """log p(token_t | tokens < t) for every token after the first, one list per text (cut at max_length tokens)."""
+    """log p(token_t | tokens < t) for every token after the first (BOS first), one list per text (cut at
+    max_length tokens; None: whole)."""
     device = next(model.parameters()).device
     out = []
     for text in texts:
-        ids = tokenizer(text, return_tensors="pt", truncation=max_length is not None, max_length=max_length)[
-            "input_ids"
-        ].to(device)
-        logp = model(input_ids=ids).logits[0, :-1].float().log_softmax(-1)
+        ids = tokenizer(text, return_tensors="pt", truncation=max_length is not None, max_length=max_length)
+        ids = ids["input_ids"].to(device)
+        logits = model(input_ids=ids).logits[0, :-1]
+        logp = (logits if logits.dtype == torch.float64 else logits.float()).log_softmax(-1)
         out.append(logp.gather(-1, ids[0, 1:, None]).squeeze(-1).tolist())
     return out
+
+
+def rwku_mia(model, tokenizer, forget_texts: list[str], retain_texts: list[str]) -> dict:
+    """RWKU's FM and RM (module docstring); a passage whose loss is not finite is skipped, as RWKU skips NaN."""
+
+    def figure(texts):
+        nlls = [-loss_score(lp) for lp in token_logps_of(model, tokenizer, texts, max_length=None) if lp]
+        nlls = [x for x in nlls if math.isfinite(x)]
+        return 100 * sum(nlls) / len(nlls) if nlls else None
+
+    return {"mia_fm": figure(forget_texts), "mia_rm": figure(retain_texts)}
 
 
 def mia(model, tokenizer, forget_texts: list[str], heldout_texts: list[str]) -> dict:
