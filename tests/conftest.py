@@ -36,3 +36,25 @@ def tiny_model():
 
 def manual_seed(seed=0):
     torch.manual_seed(seed)
+
+
+class Result:
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def run_atu(*args) -> Result:
+    """`atu ARGS` in this process: the same code path as the command (atu.cli.main), without paying the interpreter
+    and library start-up for each call. Tests where the process boundary matters (kills, terminals, file-size limits,
+    several processes) start real subprocesses instead."""
+    import contextlib
+    import io
+
+    from atu.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    threads = torch.get_num_threads()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    torch.set_num_threads(threads)  # run.threads must not leak into the next test
+    return Result(code, out.getvalue(), err.getvalue())

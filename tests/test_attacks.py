@@ -126,7 +126,7 @@ def test_atu_attack_over_a_tiny_run_writes_the_robustness_table(tmp_path):
     assert all(r["seconds"] >= 0 for r in rows)
     mia_rows = [r for r in rows if r["attack"] == "mia"]
     assert len(mia_rows) == 3 and all(0 <= r["before"] <= 100 for r in mia_rows)
-    assert "| quant4 | forget_all |" in (out / "attacks" / "attacks.md").read_text()
+    assert "| quant4 | Forget all ↓ |" in (out / "attacks" / "attacks.md").read_text()
     r = atu("attack", str(out), "--attacks", "quant8,incontext")  # a later attack joins the table; a re-run replaces
     assert r.returncode == 0, r.stderr[-2000:]
     again = json.loads((out / "attacks" / "attacks.json").read_text())

@@ -1,10 +1,9 @@
 """The command as a user runs it: tiny model end to end (bad inputs: test_bad_input.py)."""
 
 import json
-import subprocess
-import sys
 
 import torch
+from conftest import run_atu
 
 from atu import runs
 from atu.methods.atu import HEAD_FILES
@@ -28,10 +27,8 @@ TINY = [
 ]
 
 
-def atu(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "atu.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600
-    )
+def atu(*args):
+    return run_atu(*args)
 
 
 def test_tiny_unlearn_run_writes_a_complete_loadable_run_folder(tmp_path):

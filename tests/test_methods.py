@@ -243,13 +243,13 @@ def test_rt_and_dpo_training_data_come_from_templates_or_official_files(tokenize
     king = datalib.load_target("Stephen King")
     pairs, source = refusal_pairs(king, tokenizer, 0)
     assert source.startswith("official") and len(pairs) == 300
-    buffett = datalib.load_target("Warren Buffett")
-    pairs, source = refusal_pairs(buffett, tokenizer, 0)
-    assert "template" in source and all("Warren Buffett" in p for p, _ in pairs)
+    marx = datalib.load_target("Karl Marx")  # RWKU ships no rejection data for target 90
+    pairs, source = refusal_pairs(marx, tokenizer, 0)
+    assert "template" in source and all("Karl Marx" in p for p, _ in pairs)
     assert all(r in datalib.refusals() for _, r in pairs)
-    probes = {p.query for ps in buffett.probes.values() for p in ps}
+    probes = {p.query for ps in marx.probes.values() for p in ps}
     assert not any(q in p for p, _ in pairs for q in probes)  # the forget probes never become training data
-    triples, _ = dpo_pairs(buffett, FORGET, "refusal", tokenizer, 0)
+    triples, _ = dpo_pairs(marx, FORGET, "refusal", tokenizer, 0)
     assert [t[2] for t in triples] == FORGET
     with pytest.raises(Exception, match="no RWKU pair file"):
-        dpo_pairs(buffett, FORGET, "counterfactual", tokenizer, 0)
+        dpo_pairs(marx, FORGET, "counterfactual", tokenizer, 0)

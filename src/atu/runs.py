@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import shutil
+import zipfile
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -34,6 +35,7 @@ CHECKPOINTS = "checkpoints"  # the last complete checkpoint, while running
 ATTACKS = "attacks"  # attacks.json + attacks.md
 FORGET_CORPUS = "forget_corpus.json"  # a corpus the run generated for itself
 REPORT = ("report.md", "report.html")
+MANIFEST = ".manifest.json"  # an unpacked archive's members and sizes
 COMPARE = ("compare.md", "compare.csv")
 
 
@@ -123,6 +125,37 @@ def save_model(model, tokenizer, path: Path, state_dict: dict | None = None) -> 
         config["architectures"] = [a.removeprefix("FSDP") for a in config.get("architectures") or []]
         write_text(tmp / "config.json", json.dumps(config, indent=2))
         tokenizer.save_pretrained(tmp)
+
+
+def unpack_parts(parts: list[Path], folder: Path) -> list[tuple[str, int]]:
+    """A zip archive split into byte chunks (`parts`, in order), unpacked into `folder` atomically; returns the
+    member list (name, size), which `unpacked_complete` checks later. Raises zipfile.BadZipFile on a broken archive."""
+    with atomic_folder(folder) as tmp:
+        archive = tmp / ".archive.zip"
+        with archive.open("wb") as out:
+            for part in parts:
+                with Path(part).open("rb") as chunk:
+                    shutil.copyfileobj(chunk, out, 1 << 24)
+        with zipfile.ZipFile(archive) as z:
+            bad = z.testzip()  # every member's CRC
+            if bad is not None:
+                raise zipfile.BadZipFile(f"member {bad} is corrupt")
+            members = [(i.filename, i.file_size) for i in z.infolist() if not i.is_dir()]
+            z.extractall(tmp)
+        archive.unlink()
+        write_json(tmp / MANIFEST, members)
+    return members
+
+
+def unpacked_complete(folder: Path) -> bool:
+    """Whether `folder` holds every member of its manifest at its recorded size (a killed or corrupted unpack not)."""
+    try:
+        members = json.loads((Path(folder) / MANIFEST).read_text())
+        return all(
+            (Path(folder) / name).is_file() and (Path(folder) / name).stat().st_size == size for name, size in members
+        )
+    except (OSError, ValueError):
+        return False
 
 
 class AppendLog:

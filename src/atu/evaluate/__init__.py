@@ -44,7 +44,8 @@ def evaluate(model, tokenizer, target: datalib.Target, eval_cfg, system: str | N
     if eval_cfg.mia and probe_sets is None:
         members, others = target.file("forget_mia.json"), target.file("retain_mia.json")
         if members and others:
-            texts = lambda path: [it["text"] for it in datalib.read_json(path)]
+            limit = eval_cfg.max_probes_per_file  # quick looks: the first N passages of each MIA file too
+            texts = lambda path: [it["text"] for it in datalib.read_json(path)][:limit]
             scores |= {
                 k: v for k, v in rwku_mia(model, tokenizer, texts(members), texts(others)).items() if v is not None
             }

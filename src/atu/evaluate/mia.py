@@ -49,8 +49,9 @@ def token_logps_of(model, tokenizer, texts: list[str], max_length: int | None = 
         ids = tokenizer(text, return_tensors="pt", truncation=max_length is not None, max_length=max_length)
         ids = ids["input_ids"].to(device)
         logits = model(input_ids=ids).logits[0, :-1]
-        logp = (logits if logits.dtype == torch.float64 else logits.float()).log_softmax(-1)
-        out.append(logp.gather(-1, ids[0, 1:, None]).squeeze(-1).tolist())
+        logits = logits if logits.dtype == torch.float64 else logits.float()
+        # cross_entropy takes the log-sum-exp without a second vocabulary-wide tensor
+        out.append((-torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none")).tolist())
     return out
 
 
