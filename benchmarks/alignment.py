@@ -75,8 +75,9 @@ def split_texts(target: str, n: int, held_out: int) -> tuple[list[str], list[str
 def make_head(kind: str, d_model: int, d_out: int, ours, device):
     if kind == "decoder":
         return ReferenceHead(d_model, d_out).to(device)
-    return EmbeddingHead(d_model, d_out, ours.head_width, ours.head_layers, ours.head_heads,
-                         dropout=ours.head_dropout).to(device)
+    return EmbeddingHead(
+        d_model, d_out, ours.head_width, ours.head_layers, ours.head_heads, dropout=ours.head_dropout
+    ).to(device)
 
 
 @torch.no_grad()
@@ -93,12 +94,26 @@ def held_out_loss(head, held: Batchable, batch: int) -> float:
     return total / count
 
 
-def run(variant: str, spec: dict, model, encoder, layer, tok, train: list[str], held: Batchable, args, ours, device,
-        target_loss: float | None):
+def run(
+    variant: str,
+    spec: dict,
+    model,
+    encoder,
+    layer,
+    tok,
+    train: list[str],
+    held: Batchable,
+    args,
+    ours,
+    device,
+    target_loss: float | None,
+):
     """Train one variant; returns its step times, training losses and (seconds, held-out loss) points."""
     torch.manual_seed(args.seed)
     start = time.perf_counter()
-    encode = lambda ws: torch.as_tensor(encoder.encode(ws, batch_size=512, convert_to_numpy=True, show_progress_bar=False))
+    encode = lambda ws: torch.as_tensor(
+        encoder.encode(ws, batch_size=512, convert_to_numpy=True, show_progress_bar=False)
+    )
     chunks = make_chunks(train, tok, encoder.tokenizer, args.window, args.max_length)
     if spec["cached"]:
         data = Batchable(chunks, encode, tok.pad_token_id, device)  # every distinct window encoded once per run
@@ -124,8 +139,12 @@ def run(variant: str, spec: dict, model, encoder, layer, tok, train: list[str], 
             with torch.no_grad():
                 out = model(input_ids=ids, attention_mask=attn.long(), output_hidden_states=True, use_cache=False)
                 hidden = out.hidden_states[layer]
-                windows = [chunks[r].windows[t] for r in rows.tolist() for t in range(ids.shape[1])
-                           if t < len(chunks[r].windows) and chunks[r].windows[t] is not None]
+                windows = [
+                    chunks[r].windows[t]
+                    for r in rows.tolist()
+                    for t in range(ids.shape[1])
+                    if t < len(chunks[r].windows) and chunks[r].windows[t] is not None
+                ]
                 targets = torch.zeros(ids.shape[0], ids.shape[1], d_out, device=device)
                 targets[valid] = encode(windows).to(device).float()
         loss = align_loss(head(hidden), targets, valid)
@@ -141,10 +160,15 @@ def run(variant: str, spec: dict, model, encoder, layer, tok, train: list[str], 
             curve.append((timed, held_out_loss(head, held, args.batch)))
             if target_loss is not None and curve[-1][1] <= target_loss:
                 break
-    return {"setup_seconds": round(setup, 2), "steps": len(steps), "seconds": round(timed, 2),
-            "step_seconds_median": round(statistics.median(steps), 4),
-            "step_seconds_min_max": [round(min(steps), 4), round(max(steps), 4)],
-            "train_losses": [round(x, 5) for x in losses], "held_out": [[round(t, 2), round(v, 5)] for t, v in curve]}
+    return {
+        "setup_seconds": round(setup, 2),
+        "steps": len(steps),
+        "seconds": round(timed, 2),
+        "step_seconds_median": round(statistics.median(steps), 4),
+        "step_seconds_min_max": [round(min(steps), 4), round(max(steps), 4)],
+        "train_losses": [round(x, 5) for x in losses],
+        "held_out": [[round(t, 2), round(v, 5)] for t, v in curve],
+    }
 
 
 def seconds_to(curve, target: float):
@@ -173,40 +197,83 @@ def main() -> None:
     args.window = args.window or ours.window_tokens
     model, tok, encoder, layer = load_models(args.model, args.encoder, device, getattr(torch, args.dtype))
     train, held_texts = split_texts(args.target, args.passages, args.held_out)
-    encode = lambda ws: torch.as_tensor(encoder.encode(ws, batch_size=512, convert_to_numpy=True, show_progress_bar=False))
-    held = Batchable(make_chunks(held_texts, tok, encoder.tokenizer, args.window, args.max_length), encode,
-                     tok.pad_token_id, device)
+    encode = lambda ws: torch.as_tensor(
+        encoder.encode(ws, batch_size=512, convert_to_numpy=True, show_progress_bar=False)
+    )
+    held = Batchable(
+        make_chunks(held_texts, tok, encoder.tokenizer, args.window, args.max_length), encode, tok.pad_token_id, device
+    )
     held.states = cache_states(model, layer, held, args.batch)
-    specs = {"reference": {"head": "decoder", "lr": 1e-4, "cached": False},
-             "cache": {"head": "decoder", "lr": 1e-4, "cached": True},
-             "head": {"head": "ours", "lr": 1e-4, "cached": True},
-             "lr": {"head": "decoder", "lr": float(ours.align_lr), "cached": True},
-             "ours": {"head": "ours", "lr": float(ours.align_lr), "cached": True}}
+    specs = {
+        "reference": {"head": "decoder", "lr": 1e-4, "cached": False},
+        "cache": {"head": "decoder", "lr": 1e-4, "cached": True},
+        "head": {"head": "ours", "lr": 1e-4, "cached": True},
+        "lr": {"head": "decoder", "lr": float(ours.align_lr), "cached": True},
+        "ours": {"head": "ours", "lr": float(ours.align_lr), "cached": True},
+    }
     results, target = {}, None
     for variant, spec in specs.items():
         print(f"{variant}: {spec}", flush=True)
-        results[variant] = {**spec, **run(variant, spec, model, encoder, layer, tok, train, held, args, ours, device,
-                                          None if variant in ("reference", "cache") else target)}
+        results[variant] = {
+            **spec,
+            **run(
+                variant,
+                spec,
+                model,
+                encoder,
+                layer,
+                tok,
+                train,
+                held,
+                args,
+                ours,
+                device,
+                None if variant in ("reference", "cache") else target,
+            ),
+        }
         if variant == "reference":
             target = results["reference"]["held_out"][-1][1]
         results[variant]["seconds_to_reference_held_out_loss"] = seconds_to(results[variant]["held_out"], target)
-        print(f"  {results[variant]['steps']} steps, {results[variant]['seconds']} s, held-out "
-              f"{results[variant]['held_out'][-1][1]}, to target {results[variant]['seconds_to_reference_held_out_loss']}",
-              flush=True)
+        done = results[variant]
+        print(
+            f"  {done['steps']} steps, {done['seconds']} s, held-out {done['held_out'][-1][1]}, "
+            f"to target {done['seconds_to_reference_held_out_loss']}",
+            flush=True,
+        )
     ref_time = results["reference"]["seconds_to_reference_held_out_loss"]
-    speedup = {v: round(ref_time / r["seconds_to_reference_held_out_loss"], 1)
-               for v, r in results.items() if r["seconds_to_reference_held_out_loss"]}
+    speedup = {
+        v: round(ref_time / r["seconds_to_reference_held_out_loss"], 1)
+        for v, r in results.items()
+        if r["seconds_to_reference_held_out_loss"]
+    }
     result = {
-        "benchmark": "alignment", **environment(device), "model": args.model, "encoder": args.encoder,
-        "dtype": args.dtype, "hook_layer": layer, "settings": vars(args),
-        "reference": {"head": "decoder (post-LN, cross-attention on its own input, unmasked)", "width": 768,
-                      "layers": 6, "heads": 8, "dropout": 0.1, "lr": 1e-4, "recompute": True,
-                      "llm_forward": "full, all hidden states and logits", "precision": args.dtype},
-        "ours_config": {k: ours[k] for k in ("head_width", "head_layers", "head_heads", "head_dropout", "align_lr",
-                                             "window_tokens")},
-        "target_held_out_loss": target, "speedup_time_to_target": speedup,
-        "speedup_per_step_caching": round(results["reference"]["step_seconds_median"]
-                                          / results["cache"]["step_seconds_median"], 1),
+        "benchmark": "alignment",
+        **environment(device),
+        "model": args.model,
+        "encoder": args.encoder,
+        "dtype": args.dtype,
+        "hook_layer": layer,
+        "settings": vars(args),
+        "reference": {
+            "head": "decoder (post-LN, cross-attention on its own input, unmasked)",
+            "width": 768,
+            "layers": 6,
+            "heads": 8,
+            "dropout": 0.1,
+            "lr": 1e-4,
+            "recompute": True,
+            "llm_forward": "full, all hidden states and logits",
+            "precision": args.dtype,
+        },
+        "ours_config": {
+            k: ours[k]
+            for k in ("head_width", "head_layers", "head_heads", "head_dropout", "align_lr", "window_tokens")
+        },
+        "target_held_out_loss": target,
+        "speedup_time_to_target": speedup,
+        "speedup_per_step_caching": round(
+            results["reference"]["step_seconds_median"] / results["cache"]["step_seconds_median"], 1
+        ),
         "variants": results,
     }
     path = result_path("alignment", device, args.model)
@@ -220,13 +287,20 @@ def plot(result: dict, path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for variant, r in result["variants"].items():
         ts, vs = zip(*r["held_out"])
-        ax.plot(ts, vs, "-o" if variant in ("reference", "ours") else ":", ms=3,
-                label=f"{variant} ({r['head']} head, lr {r['lr']:g}, {'cached' if r['cached'] else 'recompute'})")
+        ax.plot(
+            ts,
+            vs,
+            "-o" if variant in ("reference", "ours") else ":",
+            ms=3,
+            label=f"{variant} ({r['head']} head, lr {r['lr']:g}, {'cached' if r['cached'] else 'recompute'})",
+        )
     ax.axhline(result["target_held_out_loss"], color="gray", ls="--", lw=1, label="reference's final held-out loss")
     ax.set_xscale("log")
     ax.set_xlabel("wall time (s, log; set-up included)")
     ax.set_ylabel("held-out alignment loss (1 − cos)")
-    ax.set_title(f"Alignment on {result['device_name']}: {result['speedup_time_to_target'].get('ours')}× to equal loss")
+    ax.set_title(
+        f"Alignment on {result['device_name']}: {result['speedup_time_to_target'].get('ours')}× to equal loss"
+    )
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -22,16 +22,26 @@ from atu.evaluate import generate_corpus
 
 def generate_hf(model, tokenizer, name: str, n: int, max_new_tokens: int, seed: int) -> list[str]:
     """The previous implementation, kept here as the baseline: transformers' generate, 8 rows at a time."""
-    leads = [f"Please write a short biography of {name}.\n{name}", f"{name} is", f"Here is what is known about {name}:",
-             f"The life and work of {name}.\n"]
+    leads = [
+        f"Please write a short biography of {name}.\n{name}",
+        f"{name} is",
+        f"Here is what is known about {name}:",
+        f"The life and work of {name}.\n",
+    ]
     torch.manual_seed(seed)
     tokenizer.padding_side = "left"
     texts = []
     for start in range(0, n, 8):
         batch = [leads[(start + i) % len(leads)] for i in range(min(8, n - start))]
         enc = tokenizer(batch, return_tensors="pt", padding=True).to(model.device)
-        out = model.generate(**enc, do_sample=True, temperature=0.8, top_p=0.95, max_new_tokens=max_new_tokens,
-                             pad_token_id=tokenizer.pad_token_id)
+        out = model.generate(
+            **enc,
+            do_sample=True,
+            temperature=0.8,
+            top_p=0.95,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+        )
         for row, prompt in enumerate(batch):
             cont = tokenizer.decode(out[row, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             texts.append((prompt.split("\n")[-1] + cont).strip())
@@ -59,12 +69,23 @@ def main() -> None:
             sync(device)
             times.append(time.perf_counter() - start)
         words = [len(t.split()) for t in texts]
-        rows[label] = {"seconds": [round(t, 1) for t in times], "seconds_median": round(statistics.median(times), 1),
-                       "seconds_min_max": [round(min(times), 1), round(max(times), 1)], "passages_kept": len(texts),
-                       "words_median": statistics.median(words) if words else 0, "example": texts[0] if texts else ""}
+        rows[label] = {
+            "seconds": [round(t, 1) for t in times],
+            "seconds_median": round(statistics.median(times), 1),
+            "seconds_min_max": [round(min(times), 1), round(max(times), 1)],
+            "passages_kept": len(texts),
+            "words_median": statistics.median(words) if words else 0,
+            "example": texts[0] if texts else "",
+        }
         print(label, rows[label]["seconds"], flush=True)
-    result = {"benchmark": "corpus", **environment(device), "model": args.model, "settings": vars(args), **rows,
-              "speedup_median": round(rows["generate"]["seconds_median"] / rows["atu_decoder"]["seconds_median"], 1)}
+    result = {
+        "benchmark": "corpus",
+        **environment(device),
+        "model": args.model,
+        "settings": vars(args),
+        **rows,
+        "speedup_median": round(rows["generate"]["seconds_median"] / rows["atu_decoder"]["seconds_median"], 1),
+    }
     path = result_path("corpus", device, args.model)
     path.write_text(json.dumps(result, indent=1, ensure_ascii=False))
     print(json.dumps(result, indent=1, ensure_ascii=False))

@@ -41,8 +41,16 @@ def generate(model, tokenizer, prompts, batch, max_new_tokens, stop):
     out = []
     for i in range(0, len(prompts), batch):
         enc = tokenizer(prompts[i : i + batch], return_tensors="pt", padding=True).to(model.device)
-        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=sorted(stop),
-                             pad_token_id=tokenizer.pad_token_id, top_p=None, top_k=None, temperature=None)
+        gen = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=sorted(stop),
+            pad_token_id=tokenizer.pad_token_id,
+            top_p=None,
+            top_k=None,
+            temperature=None,
+        )
         for row in gen[:, enc["input_ids"].shape[1] :].tolist():
             out.append(row[: next((k for k, t in enumerate(row) if t in stop), len(row))])
     return out
@@ -79,18 +87,26 @@ def main() -> None:
     decode(model, tok, prompts[:4], 4, stop, 4)  # warm-up
     modes = {
         "atu_decoder": (lambda: decode(model, tok, prompts, args.new_tokens, stop, args.batch), args.repeats),
-        "generate_fixed_batch": (lambda: generate(model, tok, prompts, args.batch, args.new_tokens, stop), args.repeats),
+        "generate_fixed_batch": (
+            lambda: generate(model, tok, prompts, args.batch, args.new_tokens, stop),
+            args.repeats,
+        ),
         "generate_batch_1": (lambda: generate(model, tok, prompts, 1, args.new_tokens, stop), args.batch1_repeats),
     }
     rows, answers = {}, {}
     for label, (fn, repeats) in modes.items():
         print(f"{label}: {len(prompts)} probes", flush=True)
         times, answers[label] = timed(fn, device, repeats)
-        rows[label] = {"seconds": [round(t, 2) for t in times],
-                       "probes_per_second_median": round(len(prompts) / statistics.median(times), 2),
-                       "probes_per_second_min_max": [round(len(prompts) / max(times), 2),
-                                                     round(len(prompts) / min(times), 2)]}
+        rows[label] = {
+            "seconds": [round(t, 2) for t in times],
+            "probes_per_second_median": round(len(prompts) / statistics.median(times), 2),
+            "probes_per_second_min_max": [round(len(prompts) / max(times), 2), round(len(prompts) / min(times), 2)],
+        }
     ours = rows["atu_decoder"]["probes_per_second_median"]
+
+    def same(other):
+        return sum(a == b for a, b in zip(answers["atu_decoder"], other))
+
     generated = [len(a) for a in answers["atu_decoder"]]
     result = {
         "benchmark": "evaluation",
@@ -103,10 +119,8 @@ def main() -> None:
         **rows,
         "speedup_vs_batch_1": round(ours / rows["generate_batch_1"]["probes_per_second_median"], 1),
         "speedup_vs_fixed_batch": round(ours / rows["generate_fixed_batch"]["probes_per_second_median"], 1),
-        "identical_to_batch_1": f"{sum(a == b for a, b in zip(answers['atu_decoder'], answers['generate_batch_1']))}"
-        f"/{len(prompts)}",
-        "identical_to_fixed_batch": f"{sum(a == b for a, b in zip(answers['atu_decoder'], answers['generate_fixed_batch']))}"
-        f"/{len(prompts)}",
+        "identical_to_batch_1": f"{same(answers['generate_batch_1'])}/{len(prompts)}",
+        "identical_to_fixed_batch": f"{same(answers['generate_fixed_batch'])}/{len(prompts)}",
     }
     path = result_path("evaluation", device, args.model)
     path.write_text(json.dumps(result, indent=1))

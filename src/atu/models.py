@@ -7,6 +7,8 @@ model.local_files_only=false). A local path never touches the hub.
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import importlib.util
 import json
@@ -182,7 +184,12 @@ def gguf_to_safetensors(gguf: Path) -> Path:
 
 def gemma_tokenizer():
     """The embedded model's real tokenizer (262k vocabulary), cached as tokenizer.json; tiny test models use it too."""
-    return AutoTokenizer.from_pretrained(embedded_lm_dir())
+    return copy.copy(_gemma_tokenizer())  # a copy: callers set padding sides and templates on their own
+
+
+@functools.cache
+def _gemma_tokenizer():
+    return AutoTokenizer.from_pretrained(embedded_lm_dir())  # seconds for 262k entries: once per process
 
 
 def tiny_lm(seed: int = 0, layers: int = 4, hidden: int = 64, vocab: int = 262144):

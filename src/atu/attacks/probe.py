@@ -71,7 +71,9 @@ def fit_and_score(train_x, train_y, test_x, test_y, steps: int = 300, l2: float 
 def probe_accuracy(
     model, tokenizer, layer: int, target_texts: list[str], other_texts: list[str], seed: int = 0
 ) -> float:
-    train, test = split(sentences(target_texts), sentences(other_texts), seed)
+    rng = random.Random(seed)  # at most 200 sentences a side: a probe needs no more, and the forward passes cost
+    pos, neg = sentences(target_texts), sentences(other_texts)
+    train, test = split(rng.sample(pos, min(200, len(pos))), rng.sample(neg, min(200, len(neg))), seed)
     tx = pooled_states(model, tokenizer, [s for s, _ in train], layer)
     vx = pooled_states(model, tokenizer, [s for s, _ in test], layer)
     return fit_and_score(tx, torch.tensor([y for _, y in train]), vx, torch.tensor([y for _, y in test]))
