@@ -40,9 +40,12 @@ def test_atu_lowers_forget_score_of_the_real_model(tmp_path):
     out = tmp_path / "run"
     args = [
         "target=Warren Buffett",
-        "method.align_steps=150",
+        "method.align_steps=100",
         "method.taus=[0.3]",
-        "method.unlearn_steps=25",
+        "method.unlearn_steps=10",
+        "data.other_targets=1",
+        # the first 12 official probes of each set and MIA file: a known target all the same (FB 22, AA 19 before)
+        "eval.max_probes_per_file=12",
         "eval.neighbours=false",
         "run.save_model=false",
         f"run.output_dir={out}",

@@ -16,9 +16,9 @@ from atu import checkpoint
 RUN = [
     "model=tiny",
     "target=Stephen King",
-    "method.align_steps=20",
+    "method.align_steps=10",
     "method.realign_steps=5",
-    "method.unlearn_steps=30",
+    "method.unlearn_steps=12",
     "method.taus=[0.3,0.1]",
     "data.max_passages=3",
     "data.other_targets=1",
@@ -53,7 +53,7 @@ def test_sigkill_mid_stage_then_resume_ends_like_an_uninterrupted_run(tmp_path):
     from safetensors.torch import load_file
 
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    r = atu("unlearn", *RUN, f"run.output_dir={whole}")
+    r = run_atu("unlearn", *RUN, f"run.output_dir={whole}")  # in this process: only the kill needs its own
     assert r.returncode == 0, r.stderr[-2000:]
 
     # killed without warning right after the checkpoint at step 8 of the first unlearning stage (stage 1, after align)
@@ -63,7 +63,7 @@ def test_sigkill_mid_stage_then_resume_ends_like_an_uninterrupted_run(tmp_path):
     assert json.loads((killed / "run.json").read_text())["status"] == "running"  # it never got to say goodbye
     assert not (killed / "model").exists()
 
-    r = atu("unlearn", "--resume", str(killed))
+    r = run_atu("unlearn", "--resume", str(killed))
     assert r.returncode == 0, r.stderr[-2000:]
     assert "resuming from ckpt-" in r.stderr and "stage 2 of 4" in r.stderr
     run = json.loads((killed / "run.json").read_text())

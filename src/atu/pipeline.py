@@ -190,6 +190,7 @@ class Job:
         self.cfg, self.run_folder, self.target = cfg, run, target
         self.model, self.tok, self.encoder, self.device = model, tok, encoder, device
         self.method_cls, self.others, self.reuse_before = method_cls, others, reuse_before
+        self.last_evaluated = None  # the last stage that evaluates, once the method's stages exist
         self.state = ckpt.load(saved) if saved else None
         self.saved = saved
         self.main = is_main()
@@ -229,6 +230,7 @@ class Job:
                 self.utility["before"] = self.measure_utility()
         method.prepare(say)
         stages = method.stages()
+        self.last_evaluated = next((s.name for s in reversed(stages) if s.evaluate), None)
         resume = self.restore(len(stages)) if state else None
         self.info.update(trainable_parameters=method.trainable_parameters(), training_data=method.training_data)
         self.run_folder.write_info(self.info)
@@ -331,6 +333,7 @@ class Job:
             seed=cfg.run.seed,
             max_length=cfg.data.max_length,
             encoder_batch_size=cfg.encoder.batch_size,
+            encoder_bf16=cfg.encoder.precision == "bf16",
             infer_batch_size=cfg.eval.batch_size,
             notes=self.notes,
         )
@@ -368,7 +371,9 @@ class Job:
             return
         t0 = time.time()
         system = self.method.system_prompt if stage != "before" else None
-        scores, records = evaluate(self.model, self.tok, self.target, self.cfg.eval, system)
+        # RWKU's MIA figures (a forward over every MIA passage: minutes on a CPU) before unlearning and at the end
+        mia = stage in ("before", self.last_evaluated)
+        scores, records = evaluate(self.model, self.tok, self.target, self.cfg.eval, system, mia=mia)
         row = {
             "stage": stage,
             **{k: info[k] for k in ("tau", "tau_setting") if k in info},

@@ -21,6 +21,8 @@ def mia_texts(target) -> tuple[list[str], list[str]]:
 class MembershipInference(Attack):
     def run(self, ctx: AttackContext) -> list[dict]:
         members, others = mia_texts(ctx.target)
+        limit = ctx.cfg.eval.max_probes_per_file  # a quick look's limit, as the run's own MIA figures use it
+        members, others = members[:limit], others[:limit]
         if not members:
             raise AtuError(f"{ctx.target.name} has no forget_mia.json/retain_mia.json for membership inference")
         before = mia(ctx.original(), ctx.tokenizer, members, others)

@@ -30,10 +30,12 @@ def prompt_shots(eval_cfg, tokenizer) -> int:
     return eval_cfg.shots if mode == "few_shot" else 0
 
 
-def evaluate(model, tokenizer, target: datalib.Target, eval_cfg, system: str | None = None, probe_sets=None):
+def evaluate(
+    model, tokenizer, target: datalib.Target, eval_cfg, system: str | None = None, probe_sets=None, mia: bool = True
+):
     """A target's probes (its neighbours too unless eval.neighbours=false; or only `probe_sets`), scored as
-    eval_cfg says, plus RWKU's MIA figures (eval.mia). Returns (metrics, per-probe records); the metrics name the
-    scorer and the prompt that made them."""
+    eval_cfg says, plus RWKU's MIA figures (eval.mia, unless `mia` is false). Returns (metrics, per-probe records);
+    the metrics name the scorer and the prompt that made them."""
     probes = {k: v for k, v in target.probes.items() if eval_cfg.neighbours or not k.startswith("neighbor")}
     if probe_sets is not None:
         probes = {k: v for k, v in probes.items() if k in probe_sets}
@@ -41,7 +43,7 @@ def evaluate(model, tokenizer, target: datalib.Target, eval_cfg, system: str | N
     scores, records = evaluate_target(
         model, tokenizer, probes, eval_cfg.batch_size, eval_cfg.max_new_tokens, system, shots, eval_cfg.scorer
     )
-    if eval_cfg.mia and probe_sets is None:
+    if mia and eval_cfg.mia and probe_sets is None:
         members, others = target.file("forget_mia.json"), target.file("retain_mia.json")
         if members and others:
             limit = eval_cfg.max_probes_per_file  # quick looks: the first N passages of each MIA file too

@@ -213,9 +213,14 @@ class ATU(Method):
     def prepare(self, say=lambda msg: None) -> None:
         ctx, cfg = self.ctx, self.cfg
         enc = ctx.encoder
-        encode = lambda texts: torch.as_tensor(
-            enc.encode(texts, batch_size=ctx.encoder_batch_size, convert_to_numpy=True, show_progress_bar=False)
-        )
+
+        def encode(texts):
+            with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.encoder_bf16):
+                out = enc.encode(
+                    texts, batch_size=ctx.encoder_batch_size, convert_to_tensor=True, show_progress_bar=False
+                )
+            return out.float().cpu()
+
         make = lambda texts: Batchable(
             make_chunks(texts, ctx.tokenizer, enc.tokenizer, cfg.window_tokens, ctx.max_length),
             encode,
@@ -237,6 +242,7 @@ class ATU(Method):
         ).to(ctx.device, dtype)
         self.head_opt = None  # one Adam state for the head across all alignment stages, as the reference keeps it
         self.retain_states0 = None
+        self.states_current = False  # whether the cached hook states are the current model's
         self.thresholds: list[float] = []
 
     def aligned_sets(self):
@@ -301,6 +307,7 @@ class ATU(Method):
         """The LLM is frozen during alignment: its hook-layer states are computed once per alignment stage."""
         for data in self.aligned_sets():
             data.states = cache_states(self.ctx.model, self.layer, data, self.ctx.infer_batch_size)
+        self.states_current = True
         if self.retain is not None and self.retain_states0 is None:
             self.retain_states0 = self.retain.states  # the original model's states: the retain term's reference
         return {}
@@ -334,13 +341,17 @@ class ATU(Method):
 
     @torch.no_grad()
     def similarities(self, data: Batchable) -> torch.Tensor:
-        """cos(ê_t, e_unlearn) at every valid position of `data`, under the current model and head."""
+        """cos(ê_t, e_unlearn) at every valid position of `data`, under the current model and head. The hook states
+        cached by the last alignment stage are used while the model has not changed since (the same batches, so the
+        same numbers as a new forward, without its cost)."""
         self.head.eval()
         sims = []
         for start in range(0, len(data), self.ctx.infer_batch_size):
             rows = torch.arange(start, min(start + self.ctx.infer_batch_size, len(data)), device=data.ids.device)
             ids, attn, valid, _ = data.batch(rows)
-            pred = self.head(hidden_at(self.ctx.model, self.layer, ids, attn))
+            cached = self.states_current and data.states is not None
+            states = data.states[rows, : ids.shape[1]] if cached else hidden_at(self.ctx.model, self.layer, ids, attn)
+            pred = self.head(states)
             sims.append(F.cosine_similarity(upcast(pred), upcast(self.concept).view(1, 1, -1), dim=-1)[valid])
         return torch.cat(sims)
 
@@ -348,14 +359,14 @@ class ATU(Method):
         self.head.eval()
         for p in self.head.parameters():
             p.requires_grad_(False)
+        sims = self.similarities(self.forget)
+        self.states_current = False  # unlearning changes the model from here on
         if not self.thresholds:
-            sims = self.similarities(self.forget)
             if self.cfg.tau_mode == "quantile":
                 self.thresholds = [float(torch.quantile(sims, q)) for q in self.cfg.taus]
             else:
                 self.thresholds = [float(t) for t in self.cfg.taus]
             self.sim_before = float(sims.mean())
-        sims = self.similarities(self.forget)
         return {
             "tau": self.thresholds[i],
             "tau_setting": float(self.cfg.taus[i]),

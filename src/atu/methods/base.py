@@ -50,6 +50,7 @@ class RunContext:
     seed: int = 0
     max_length: int = 128
     encoder_batch_size: int = 256
+    encoder_bf16: bool = False  # encode under bf16 autocast (encoder.precision)
     infer_batch_size: int = 16
     notes: list[str] = field(default_factory=list)
 
