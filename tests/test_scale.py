@@ -115,7 +115,7 @@ def assert_same_losses(a: list[dict], b: list[dict], keys=("align_loss", "unlear
 
 def test_two_processes_with_accelerate_match_one_process(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    r = run([sys.executable, "-m", "atu.cli", "unlearn", *TINY, *EXACT, *SGD, f"run.output_dir={one}"])
+    r = run_atu("unlearn", *TINY, *EXACT, *SGD, f"run.output_dir={one}")  # one process: this one
     assert r.returncode == 0, r.stderr[-2000:]
     r = run([*ACCELERATE, "unlearn", *TINY, *EXACT, *SGD, f"run.output_dir={two}"])
     assert r.returncode == 0, r.stderr[-3000:]
@@ -140,7 +140,7 @@ def test_fsdp_with_the_shipped_config_matches_one_process_and_resumes_after_sigk
     # state that the checkpoint gathers and the resumed run scatters back
     settings = [*TINY, *EXACT, *SGD, "method.unlearn_params=all", "method.unlearn_steps=12", "run.checkpoint_every=4"]
     one, killed = tmp_path / "one", tmp_path / "killed"
-    r = run([sys.executable, "-m", "atu.cli", "unlearn", *settings, f"run.output_dir={one}"])
+    r = run_atu("unlearn", *settings, f"run.output_dir={one}")
     assert r.returncode == 0, r.stderr[-2000:]
     # killed right after the checkpoint at step 8 of the first unlearning stage (stage 1), then resumed under FSDP
     r = run(
