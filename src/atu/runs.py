@@ -43,7 +43,8 @@ COMPARE = ("compare.md", "compare.csv")
 
 
 def _tmp(path: Path) -> Path:
-    return path.with_name(path.name + ".tmp")
+    # the process id keeps two processes filling the same cache entry apart (a sweep's jobs on a fresh machine)
+    return path.with_name(f"{path.name}.{os.getpid()}.tmp")
 
 
 def write_bytes(path: Path, data: bytes, durable: bool = False) -> None:
@@ -106,7 +107,12 @@ def atomic_folder(path: Path):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)
+    try:
+        tmp.rename(path)
+    except OSError:
+        if not path.is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another process put its copy of the same folder in place first
 
 
 def save_pretrained(obj, path: Path, **kwargs) -> None:

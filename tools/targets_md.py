@@ -1,0 +1,89 @@
+"""Write docs/targets.md from `atu targets --out` results: the few-shot screen of all targets, and optionally a
+zero-shot screen of some of them for the prompt comparison.
+
+    atu targets --out few.json run.threads=1
+    atu targets --out zero.json eval.prompt=zero_shot --set <names...>
+    python tools/targets_md.py few.json [zero.json] --seconds 1234 --zero-seconds 321
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+KNOWN = 15.0  # `atu compare`'s rule for a target the model knows (compare.KNOWN)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("few")
+    parser.add_argument("zero", nargs="?")
+    parser.add_argument("--seconds", type=float, required=True, help="wall time of the few-shot screen")
+    parser.add_argument("--zero-seconds", type=float)
+    parser.add_argument("--out", default="docs/targets.md")
+    args = parser.parse_args()
+    few = json.loads(Path(args.few).read_text())
+    rows = sorted(few["targets"], key=lambda r: -r["score"])
+    known = [r for r in rows if r["score"] >= KNOWN]
+    probes = sum(r["n_probes"] for r in rows)
+    prompt = f"few-shot ({few['settings']['shots']})" if few["settings"]["shots"] else "zero-shot"
+    median = statistics.median(r["score"] for r in rows)
+    lines = [
+        "# Which targets does the embedded model know?",
+        "",
+        "Measured with `atu targets --out targets.json run.threads=1` on the embedded gemma-3-270m (fp32), one CPU",
+        f"thread, {len(rows)} targets, {probes} official forget FB and QA probes, {args.seconds / 60:.0f} min wall",
+        f"time (prompt: {prompt},",
+        f"scorer: {few['settings']['scorer']}, RWKU's reference ROUGE-L recall ×100). *Known* is the FB and QA means",
+        "weighted by RWKU's global counts (forget-all without AA); `atu compare` counts a target as known at ≥ 15.",
+        f"*Off-format* is the share of answers that are empty or off-format (`docs/evaluation.md`). {len(known)} of",
+        f"{len(rows)} targets are known by that rule; the median target scores {median:.1f}.",
+        "",
+    ]
+    if args.zero:
+        zero = {r["target"]: r for r in json.loads(Path(args.zero).read_text())["targets"]}
+        both = [r for r in rows if r["target"] in zero]
+        mean = lambda xs: statistics.fmean(xs) if xs else 0.0
+        lines += [
+            "## Few-shot against zero-shot (RWKU's prompt)",
+            "",
+            f"The same probes of {len(both)} targets asked with RWKU's zero-shot prompt (`eval.prompt=zero_shot`,",
+            f"{(args.zero_seconds or 0) / 60:.0f} min):",
+            "",
+            "| prompt | mean known score | mean off-format or empty % | targets ≥ 15 |",
+            "|---|---:|---:|---:|",
+            f"| few-shot (3) | {mean([r['score'] for r in both]):.1f} | {mean([r['off_format'] for r in both]):.1f} | "
+            f"{sum(r['score'] >= KNOWN for r in both)} |",
+            f"| zero-shot | {mean([zero[r['target']]['score'] for r in both]):.1f} | "
+            f"{mean([zero[r['target']]['off_format'] for r in both]):.1f} | "
+            f"{sum(zero[r['target']]['score'] >= KNOWN for r in both)} |",
+            "",
+            "| Target | few-shot | zero-shot | off-format % few / zero |",
+            "|---|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {r['target']} | {r['score']:.1f} | {zero[r['target']]['score']:.1f} | "
+            f"{r['off_format']:.0f} / {zero[r['target']]['off_format']:.0f} |"
+            for r in both
+        ]
+        lines.append("")
+    lines += [
+        "## All targets",
+        "",
+        "| # | Target | Known | FB | QA | Probes | Off-format % | Example (query -> answer) |",
+        "|---:|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for i, r in enumerate(rows):
+        example = r["examples"][0].replace("|", "/").replace("\n", " ") if r["examples"] else ""
+        lines.append(
+            f"| {i + 1} | {r['target']} | {r['score']:.1f} | {r.get('forget_fb', 0):.1f} "
+            f"| {r.get('forget_qa', 0):.1f} | {r['n_probes']} | {r['off_format']:.0f} | {example} |"
+        )
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}: {len(rows)} targets, {len(known)} known")
+
+
+if __name__ == "__main__":
+    main()
