@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from common import RESULTS, environment
 
+from atu.evaluate.rwku import rescore
+
 KEYS = ("forget_all", "neighbor_all", "forget_fb", "forget_qa", "forget_aa", "mia_fm")
 
 
@@ -29,6 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--name", default="default_run-cpu")
+    parser.add_argument("--keep", help="keep each run folder as KEEP-<n>")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     runs = []
@@ -44,6 +47,11 @@ def main() -> None:
         if r.returncode != 0:
             sys.exit(f"run {i + 1} failed: {r.stderr[-2000:]}")
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        stages = [x["stage"] for x in rows if x["event"] == "eval"]
+        lenient = {  # the same answers under the lenient scorer (rouge-score, lower-cased), for the README
+            stage: rescore(json.loads((out / "predictions" / f"{stage}.json").read_text()), "lenient")[0]
+            for stage in (stages[0], stages[-1])
+        }
         evals = [x for x in rows if x["event"] == "eval"]
         runs.append(
             {
@@ -53,11 +61,15 @@ def main() -> None:
                 | {f"eval {x['stage']}": x["eval_seconds"] for x in evals},
                 "before": {k: round(evals[0][k], 2) for k in KEYS if k in evals[0]},
                 "after": {k: round(evals[-1][k], 2) for k in KEYS if k in evals[-1]},
+                "before_lenient": {k: round(lenient[stages[0]][k], 2) for k in KEYS if k in lenient[stages[0]]},
+                "after_lenient": {k: round(lenient[stages[-1]][k], 2) for k in KEYS if k in lenient[stages[-1]]},
                 "prompt": evals[0]["prompt"],
                 "scorer": evals[0]["scorer"],
             }
         )
         print(json.dumps(runs[-1]), flush=True)
+        if args.keep:
+            shutil.move(str(out), f"{args.keep}-{i + 1}")
         shutil.rmtree(out.parent, ignore_errors=True)
     walls = [r["wall_seconds"] for r in runs]
     result = {

@@ -23,6 +23,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, required=True, help="wall time of the few-shot screen")
     parser.add_argument("--zero-seconds", type=float)
     parser.add_argument("--out", default="docs/targets.md")
+    parser.add_argument("--preface", help="a Markdown file whose text goes after the opening paragraph")
     args = parser.parse_args()
     few = json.loads(Path(args.few).read_text())
     rows = sorted(few["targets"], key=lambda r: -r["score"])
@@ -42,6 +43,8 @@ def main() -> None:
         f"{len(rows)} targets are known by that rule; the median target scores {median:.1f}.",
         "",
     ]
+    if args.preface:
+        lines += [Path(args.preface).read_text().strip(), ""]
     if args.zero:
         zero = {r["target"]: r for r in json.loads(Path(args.zero).read_text())["targets"]}
         both = [r for r in rows if r["target"] in zero]
