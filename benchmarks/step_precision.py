@@ -77,7 +77,13 @@ def main() -> None:
                 "forward_backward_optimizer_median": [round(statistics.median(c), 2) for c in zip(*parts)],
             }
             print(label, rows[label], flush=True)
-    result = {"benchmark": "step_precision", **environment(device), "hook_layer": layer, "settings": vars(args), **rows}
+    result = {
+        "benchmark": "step_precision",
+        **environment(device),
+        "hook_layer": layer,
+        "settings": vars(args),
+        **rows,
+    }
     path = result_path("step_precision", device, "embedded")
     path.write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
