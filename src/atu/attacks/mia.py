@@ -3,26 +3,15 @@ texts about other people (retain_mia.json)? Loss, zlib and min-k% AUCs, original
 
 from __future__ import annotations
 
-from .. import data as datalib
 from ..errors import AtuError
-from ..evaluate.mia import mia
+from ..evaluate.mia import mia, mia_texts
 from .base import Attack, AttackContext, register, row
-
-
-def mia_texts(target) -> tuple[list[str], list[str]]:
-    def load(name):
-        path = target.file(name)
-        return [it["text"] for it in datalib.read_json(path)] if path else []
-
-    return load("forget_mia.json"), load("retain_mia.json")
 
 
 @register("mia")
 class MembershipInference(Attack):
     def run(self, ctx: AttackContext) -> list[dict]:
-        members, others = mia_texts(ctx.target)
-        limit = ctx.cfg.eval.max_probes_per_file  # a quick look's limit, as the run's own MIA figures use it
-        members, others = members[:limit], others[:limit]
+        members, others = mia_texts(ctx.target, ctx.cfg.eval.max_probes_per_file)  # the run's own MIA texts
         if not members:
             raise AtuError(f"{ctx.target.name} has no forget_mia.json/retain_mia.json for membership inference")
         before = mia(ctx.original(), ctx.tokenizer, members, others)

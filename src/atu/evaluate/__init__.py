@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .. import data as datalib
 from .generation import complete, decode, generate_corpus
-from .mia import rwku_mia
+from .mia import mia_texts, rwku_mia
 from .rwku import build_prompt, evaluate_target, rwku_recall, summarize
 
 __all__ = [
@@ -44,12 +44,8 @@ def evaluate(
         model, tokenizer, probes, eval_cfg.batch_size, eval_cfg.max_new_tokens, system, shots, eval_cfg.scorer
     )
     if mia and eval_cfg.mia and probe_sets is None:
-        members, others = target.file("forget_mia.json"), target.file("retain_mia.json")
+        members, others = mia_texts(target, eval_cfg.max_probes_per_file)
         if members and others:
-            limit = eval_cfg.max_probes_per_file  # quick looks: the first N passages of each MIA file too
-            texts = lambda path: [it["text"] for it in datalib.read_json(path)][:limit]
-            scores |= {
-                k: v for k, v in rwku_mia(model, tokenizer, texts(members), texts(others)).items() if v is not None
-            }
+            scores |= {k: v for k, v in rwku_mia(model, tokenizer, members, others).items() if v is not None}
     prompt = f"few-shot ({shots})" if shots else "zero-shot"
     return {"scorer": eval_cfg.scorer, "prompt": prompt} | scores, records

@@ -17,6 +17,19 @@ import zlib
 
 import torch
 
+from .. import data as datalib
+
+
+def mia_texts(target, limit: int | None = None) -> tuple[list[str], list[str]]:
+    """The texts of a target's forget_mia.json and retain_mia.json (empty where missing), the first `limit` of each
+    (eval.max_probes_per_file: quick looks)."""
+
+    def load(name):
+        path = target.file(name)
+        return [it["text"] for it in datalib.read_json(path)][:limit] if path else []
+
+    return load("forget_mia.json"), load("retain_mia.json")
+
 
 def min_k_score(token_logps: list[float], k: float = 0.2) -> float:
     """Mean of the lowest k-fraction of token log-probabilities (higher = more likely seen in training)."""
