@@ -37,7 +37,9 @@ def main() -> None:
     device = torch.device(args.device)
     from omegaconf import OmegaConf
 
-    name = {"mpnet": "sentence-transformers/all-mpnet-base-v2"}.get(args.encoder, args.encoder)
+    name = {"mpnet": "embedded:all-mpnet-base-v2", "minilm": "embedded:all-minilm-l6-v2"}.get(
+        args.encoder, args.encoder
+    )
     enc = load_encoder(OmegaConf.create({"name_or_path": name, "batch_size": args.batch}), device)
     tok = gemma_tokenizer()
     prepare_tokenizer(tok)

@@ -35,7 +35,7 @@ def test_tiny_unlearn_run_writes_a_complete_loadable_run_folder(tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from atu.models import decoder_layers, tiny_lm
+    from atu.models import TINY_VOCAB, decoder_layers, tiny_lm
 
     out = tmp_path / "run"
     r = atu("unlearn", *TINY, f"run.output_dir={out}")
@@ -72,7 +72,7 @@ def test_tiny_unlearn_run_writes_a_complete_loadable_run_folder(tmp_path):
     assert set(load_file(out / "head.safetensors")) and json.loads((out / "head.json").read_text())["hook_layer"] == 2
 
     # the saved model reloads with plain transformers; blocks 1..2 changed, the blocks above and embeddings did not
-    original, unlearned = tiny_lm(seed=0), AutoModelForCausalLM.from_pretrained(out / "model")
+    original, unlearned = tiny_lm(seed=0, vocab=TINY_VOCAB), AutoModelForCausalLM.from_pretrained(out / "model")
     changed = [
         not torch.equal(a, b)
         for a, b in zip(decoder_layers(original).parameters(), decoder_layers(unlearned).parameters())
@@ -88,14 +88,22 @@ def test_tiny_unlearn_run_writes_a_complete_loadable_run_folder(tmp_path):
     result = json.loads((tmp_path / "eval.json").read_text())
     sets = {r["set"] for r in result["predictions"]}
     assert result["target"] == "Stephen King" and {"forget_fb", "forget_qa", "forget_aa", "neighbor_qa"} <= sets
-    assert result["metrics"]["n_probes"] == 2 * len(sets)  # eval.max_probes_per_file=2
+    own = sets - {"retain_fb", "retain_qa"}
+    retain = result["metrics"]["retain_targets"].split(", ")  # other known people: 2 probes per level of each
+    assert len(retain) == 3 and "Stephen King" not in retain and {"retain_fb", "retain_qa"} <= sets
+    assert result["metrics"]["n_probes"] == 2 * len(own) + 2 * 2 * len(retain)  # eval.max_probes_per_file=2
+    assert "retain_all" in result["metrics"]
+    # the terminal shows the probe levels, then AA per attack type, RWKU's MIA figures and the answer types
+    for title in ("Forget AA per attack type:", "RWKU's MIA:", "Answer types:", "scorer: rwku"):
+        assert title in r.stdout, r.stdout[-3000:]
+    assert "MIA FM (forget NLL ×100)" in r.stdout.split("RWKU's MIA:")[1]
 
 
 def test_atu_with_lora_trains_adapters_below_the_hook_and_saves_the_merged_model(tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from atu.models import decoder_layers, tiny_lm
+    from atu.models import TINY_VOCAB, decoder_layers, tiny_lm
 
     out = tmp_path / "run"
     r = atu(
@@ -112,7 +120,7 @@ def test_atu_with_lora_trains_adapters_below_the_hook_and_saves_the_merged_model
     adapter = load_file(out / "adapter" / "adapter_model.safetensors")
     blocks = {int(k.split(".layers.")[1].split(".")[0]) for k in adapter}
     assert blocks == {0, 1}  # hook layer 2: adapters only where the unlearning forward runs
-    original, unlearned = tiny_lm(seed=0), AutoModelForCausalLM.from_pretrained(out / "model")
+    original, unlearned = tiny_lm(seed=0, vocab=TINY_VOCAB), AutoModelForCausalLM.from_pretrained(out / "model")
     assert not any("lora" in n for n, _ in unlearned.named_parameters())  # a plain model: adapters merged in
     run = json.loads((out / "run.json").read_text())
     assert run["trainable_parameters"] == sum(v.numel() for v in adapter.values())

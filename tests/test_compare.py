@@ -3,6 +3,8 @@
 import csv
 import json
 
+import pytest
+
 from test_cli import atu
 
 ARGS = [
@@ -21,6 +23,12 @@ def test_compare_writes_table_plot_and_resumes(tmp_path):
     table = (out / "compare.md").read_text()
     assert "| before | Warren Buffett |" in table and "| ga | Warren Buffett |" in table and "| icu |" in table
     assert (out / "tradeoff.png").stat().st_size > 10_000
+    assert "Retain all" in table  # other known people's probes, beside the neighbours
+    answers = table.split("What kind of answers")[1]  # per method, before and after: the share of each type
+    for method in ("before", "icu", "ga"):
+        row = next(line for line in answers.splitlines() if line.startswith(f"| {method} |"))
+        shares = [float(c) for c in row.split("|")[3:8]]  # % forget answers correct, wrong, refusal, off-format, empty
+        assert abs(sum(shares) - 100) < 0.5, row
     rows = list(csv.DictReader((out / "compare.csv").open()))
     assert {r["method"] for r in rows} == {"icu", "ga"} and {r["stage"] for r in rows} == {"before", "unlearn1"}
     ga_run = json.loads((out / "Warren_Buffett" / "ga" / "run.json").read_text())
@@ -51,6 +59,10 @@ def test_compare_rejects_bad_method_lists_before_running_anything(tmp_path):
     assert not out.exists()
     r = atu("compare", "--methods", "ga", "--out", str(out), "npo:method.beta=1")
     assert r.returncode == 2 and "not in --methods" in r.stderr
+    r = atu("compare", "--methods", "ga", "--seeds", "two", "--out", str(out), "model=tiny")
+    assert r.returncode == 2 and "--seeds two: give a whole number" in r.stderr and not out.exists()
+    r = atu("compare", "--methods", "ga", "--seeds", "2", "--out", str(out), "model=tiny", "run.seed=3")
+    assert r.returncode == 2 and "drop run.seed" in r.stderr and not out.exists()
 
 
 def test_target_means_average_methods_over_all_and_known_targets_with_attack_columns():
@@ -73,3 +85,33 @@ def test_target_means_average_methods_over_all_and_known_targets_with_attack_col
     assert means[("atu", "mean of 2 targets")]["quant4: forget_all"] == 2.5
     assert means[("ga", "mean of 2 targets")]["forget_all"] == 0.0  # only the targets a method ran on
     assert means[("ga", "mean of 2 targets")].get("quant4: forget_all") is None
+
+
+def test_several_seeds_become_one_row_per_target_with_the_standard_deviation():
+    from atu.compare import COLUMNS, final_rows, seed_means, table, target_means
+
+    def row(method, target, seed, stage, forget):
+        return {"method": method, "target": target, "seed": seed, "stage": stage, **{k: None for k in COLUMNS}} | {
+            "forget_all": forget
+        }
+
+    rows = [
+        row("atu", "A", 0, "before", 30.0),
+        row("atu", "A", 0, "unlearn1", 20.0),
+        row("atu", "A", 0, "unlearn2", 10.0),  # the last stage is the unlearned model
+        row("atu", "A", 1, "before", 30.0),
+        row("atu", "A", 1, "unlearn2", 14.0),
+        row("atu", "B", 0, "before", 20.0),
+        row("atu", "B", 0, "unlearn2", 6.0),
+        row("atu", "B", 1, "before", 20.0),
+        row("atu", "B", 1, "unlearn2", 2.0),
+    ]
+    finals = final_rows(rows)
+    per_target = {(r["method"], r["target"]): r for r in seed_means(finals)}
+    assert per_target[("atu", "A")]["forget_all"] == 12.0 and per_target[("atu", "A")]["n_runs"] == 2
+    assert per_target[("atu", "A")]["forget_all_sd"] == pytest.approx(2 * 2**0.5)  # stdev of 10 and 14
+    assert per_target[("before", "A")]["forget_all"] == 30.0 and "forget_all_sd" not in per_target[("before", "A")]
+    overall = {(r["method"], r["target"]): r for r in target_means(finals)}[("atu", "mean of 2 targets")]
+    assert overall["forget_all"] == 8.0  # over targets and seeds: 10, 14, 6, 2
+    assert overall["forget_all_sd"] == pytest.approx(5.163977, abs=1e-6)
+    assert "| atu | A | – | – | – | 12.0 ± 2.8 |" in table(rows).markdown()

@@ -177,3 +177,35 @@ def test_target_sets_expand_to_the_reference_s_groups():
     assert len(datalib.expand_targets(["celebs-2", "celebs-3", "celebs-4"])) == 8 + 7 + 10
     assert datalib.expand_targets(["celebs-4"])[-1] == "Robert Downey Jr."  # RWKU id 87, folder with a dot
     assert datalib.expand_targets(["Bruce Lee", "celebs-1"])[0] == "Bruce Lee"  # names pass, no duplicates
+
+
+def test_retain_targets_skip_the_target_itself_and_people_its_probes_name():
+    king = datalib.load_target("Stephen King")
+    candidates = ["Stephen King", "Drew Barrymore", "Tony Blair", "Linda Hamilton", "Tom Clancy", "Confucius"]
+    chosen = datalib.retain_targets(king, candidates, 2, max_probes=3)
+    # Drew Barrymore and Linda Hamilton starred in films of King's books: their probes name him
+    assert [t.name for t in chosen] == ["Tony Blair", "Tom Clancy"]
+    sets = datalib.retain_probes(chosen)
+    assert set(sets) == {"retain_fb", "retain_qa"}
+    assert [p.subject or p.query for p in sets["retain_fb"]] == [
+        p.subject or p.query for t in chosen for p in t.probes["forget_fb"]
+    ]
+    assert len(sets["retain_fb"]) == len(sets["retain_qa"]) == 6  # 3 probes of each level from each of 2 targets
+    with pytest.raises(AtuError, match="eval.retain_targets: .*Tony Blar"):
+        datalib.retain_targets(king, ["Tony Blar"], 1)
+
+
+def test_the_tiny_models_tokenizer_is_shaped_like_gemmas_and_round_trips_any_text():
+    from atu.evaluate.generation import stop_ids
+    from atu.models import TINY_VOCAB, gemma_tokenizer, tiny_tokenizer
+
+    tiny, gemma = tiny_tokenizer(), gemma_tokenizer()
+    text = "Question: Where was Stephen King born?\nAnswer: Portland, Maine — 北京 ✓"
+    ids = tiny(text).input_ids
+    assert len(tiny) == TINY_VOCAB and max(ids) < TINY_VOCAB and ids[0] == tiny.bos_token_id
+    assert tiny.decode(ids, skip_special_tokens=True) == text  # byte fallback: nothing is lost
+    for name in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        assert getattr(tiny, name) == getattr(gemma, name)
+    assert tiny.chat_template is None and gemma.chat_template is None  # both base models: few-shot prompts
+    newline = tiny.convert_tokens_to_ids("\n")
+    assert newline in stop_ids(tiny) and tiny.decode([newline]) == "\n"  # RWKU's stop at the first newline token

@@ -51,6 +51,7 @@ def test_atu_lowers_forget_score_of_the_real_model(tmp_path):
         "eval.max_probes_per_file=12",
         "eval.mia=false",
         "eval.neighbours=false",
+        "eval.retain_count=0",  # the retain score is tested on the tiny model (test_cli)
         "run.save_model=false",
         f"run.output_dir={out}",
     ]

@@ -343,3 +343,26 @@ def test_screening_ranks_targets_by_their_known_score(exact_model, tokenizer):
     by_name = {r["target"]: r for r in rows}
     assert by_name["Stephen King"]["source"] == "probes" and by_name["Stephen King"]["n_probes"] == 18  # 8 FB + 10 QA
     assert by_name["Ada Lovelace"]["n_probes"] == 0 and by_name["Ada Lovelace"]["score"] == 0.0  # nothing to ask
+
+
+def test_the_capped_nucleus_keeps_exactly_the_tokens_a_full_sort_keeps():
+    from atu.evaluate.generation import NUCLEUS_CAP, nucleus
+
+    def full_sort(probs, top_p):
+        top, index = probs.sort(dim=-1, descending=True)
+        keep = top.cumsum(-1) - top < top_p
+        return {(r, int(i)): float(p) for r in range(len(probs)) for p, i in zip(top[r][keep[r]], index[r][keep[r]])}
+
+    def kept(weights, index):
+        return {(r, int(i)): float(p) for r in range(len(weights)) for p, i in zip(weights[r], index[r]) if p > 0}
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 262144)
+    logits[:, torch.randint(0, 262144, (300,))] += torch.linspace(8, 16, 300)  # a trained LM's shape: a narrow nucleus
+    peaked = torch.softmax(logits, dim=-1)
+    weights, index = nucleus(peaked, 0.95)
+    assert weights.shape[-1] == NUCLEUS_CAP and kept(weights, index) == full_sort(peaked, 0.95)
+    flat = torch.softmax(torch.randn(2, 5000) * 0.01, dim=-1)  # a nucleus wider than the cap: everything is sorted
+    weights, index = nucleus(flat, 0.95)
+    assert weights.shape[-1] == 5000 and kept(weights, index) == full_sort(flat, 0.95)
+    assert (weights > 0).sum(-1).min() > NUCLEUS_CAP

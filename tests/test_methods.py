@@ -253,3 +253,26 @@ def test_rt_and_dpo_training_data_come_from_templates_or_official_files(tokenize
     assert [t[2] for t in triples] == FORGET
     with pytest.raises(Exception, match="no RWKU pair file"):
         dpo_pairs(marx, FORGET, "counterfactual", tokenizer, 0)
+
+
+def test_atu_quantile_thresholds_come_from_the_forget_corpus_similarity_after_alignment(tokenizer, encoder):
+    """method.tau_mode=quantile: τ_i is the taus[i]-quantile of cos(ê_t, e_unlearn) over the forget corpus, measured
+    once when unlearning starts (so about 25% of positions lie above the 75% quantile), never from probes."""
+    from atu.engine import run_stages
+    from atu.models import tiny_lm
+
+    model = tiny_lm(seed=2).eval()
+    settings = dict(tau_mode="quantile", taus=[0.75, 0.25], align_steps=4, realign_steps=2, unlearn_steps=2)
+    cfg = method_config(OmegaConf.merge(OmegaConf.load(_yaml("atu")), {"name": "atu", **settings}))
+    ctx = _context(model, tokenizer)
+    ctx.encoder = encoder
+    method = get_method("atu")(cfg, ctx)
+    method.prepare()
+    infos = {}
+    run_stages(method.stages(), method.modules(), lambda stage, info: infos.update({stage.name: info}), lambda r: 0)
+    first, second = infos["unlearn1"], infos["unlearn2"]
+    assert method.thresholds[0] > method.thresholds[1]
+    assert (first["tau"], second["tau"]) == tuple(method.thresholds)
+    assert first["tau_setting"] == 0.75 and second["tau_setting"] == 0.25
+    assert abs(first["forget_sim_above_tau"] - 0.25) < 0.05  # the quantile, on the corpus' own positions
+    assert -1.0 < method.thresholds[1] < method.thresholds[0] < 1.0

@@ -88,9 +88,9 @@ def assert_same_weights(one: Path, two: Path) -> dict:
     Returns the second run's weights."""
     from safetensors.torch import load_file
 
-    from atu.models import tiny_lm
+    from atu.models import TINY_VOCAB, tiny_lm
 
-    start = tiny_lm(0).double().state_dict()
+    start = tiny_lm(0, vocab=TINY_VOCAB).double().state_dict()
     w1, w2 = load_file(one / "model" / "model.safetensors"), load_file(two / "model" / "model.safetensors")
     assert w1.keys() == w2.keys() and all(w.dtype == torch.float64 for w in w1.values())
     apart = sum((w1[k] - w2[k]).pow(2).sum() for k in w1).sqrt()

@@ -3,7 +3,10 @@ zero-shot screen of some of them for the prompt comparison.
 
     atu targets --out few.json run.threads=1
     atu targets --out zero.json eval.prompt=zero_shot --set <names...>
-    python tools/targets_md.py few.json [zero.json] --seconds 1234 --zero-seconds 321
+    python tools/targets_md.py few.json [zero.json] --seconds 1234 --zero-seconds 321 [--split]
+
+--split also writes the dev and test target sets (src/atu/data/target_sets/dev.yaml, test.yaml) by the rule of
+`split()`, fixed before any method was run on them.
 """
 
 from __future__ import annotations
@@ -14,6 +17,43 @@ import statistics
 from pathlib import Path
 
 KNOWN = 15.0  # `atu compare`'s rule for a target the model knows (compare.KNOWN)
+SETS = Path(__file__).resolve().parents[1] / "src" / "atu" / "data" / "target_sets"
+RULE = (
+    "the targets the embedded model knows (few-shot FB/QA score >= 15 in docs/targets.md), sorted by RWKU id, "
+    "alternate between dev and test, starting with dev"
+)
+
+
+def rwku_ids() -> dict[str, int]:
+    from atu import data as datalib
+
+    return {
+        datalib.folder_target_name(f): int(f.name.split("_", 1)[0])
+        for folders in datalib.target_folders().values()
+        for f in folders
+        if datalib.FOLDER_NAME.match(f.name)
+    }
+
+
+def split(rows: list[dict]) -> tuple[list[str], list[str]]:
+    """Dev targets (any tuning, any number of runs) and test targets (reported only): the rule in RULE."""
+    ids = rwku_ids()
+    known = sorted((r["target"] for r in rows if r["score"] >= KNOWN), key=lambda name: ids[name])
+    return known[0::2], known[1::2]
+
+
+def write_split(rows: list[dict], source: str) -> tuple[list[str], list[str]]:
+    dev, test = split(rows)
+    ids = rwku_ids()
+    for name, targets, use in (
+        ("dev", dev, "choose settings on these, as often as needed"),
+        ("test", test, "report on these, never tune"),
+    ):
+        (SETS / f"{name}.yaml").write_text(
+            f"# {name} targets ({use}): {RULE}.\n# Made by tools/targets_md.py --split from {source}.\n"
+            f"ids: [{', '.join(str(ids[t]) for t in targets)}]  # {', '.join(targets)}\n"
+        )
+    return dev, test
 
 
 def main() -> None:
@@ -24,6 +64,7 @@ def main() -> None:
     parser.add_argument("--zero-seconds", type=float)
     parser.add_argument("--out", default="docs/targets.md")
     parser.add_argument("--preface", help="a Markdown file whose text goes after the opening paragraph")
+    parser.add_argument("--split", action="store_true", help="also write the dev and test target sets")
     args = parser.parse_args()
     few = json.loads(Path(args.few).read_text())
     rows = sorted(few["targets"], key=lambda r: -r["score"])
@@ -45,6 +86,22 @@ def main() -> None:
     ]
     if args.preface:
         lines += [Path(args.preface).read_text().strip(), ""]
+    if args.split:
+        dev, test = write_split(rows, args.few)
+        score = {r["target"]: r["score"] for r in rows}
+        lines += [
+            "## Dev and test targets",
+            "",
+            f"The rule, fixed before any method ran on them: {RULE}. Dev targets are for choosing settings (any",
+            "number of runs); test targets are only reported. Named sets: `atu compare --target dev`, `--target test`",
+            "(`src/atu/data/target_sets/`). Which settings were chosen on which runs: `docs/tuning.md`.",
+            "",
+            "| set | targets (known score) |",
+            "|---|---|",
+            f"| dev ({len(dev)}) | {', '.join(f'{t} ({score[t]:.1f})' for t in dev)} |",
+            f"| test ({len(test)}) | {', '.join(f'{t} ({score[t]:.1f})' for t in test)} |",
+            "",
+        ]
     if args.zero:
         zero = {r["target"]: r for r in json.loads(Path(args.zero).read_text())["targets"]}
         both = [r for r in rows if r["target"] in zero]

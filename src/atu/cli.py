@@ -27,9 +27,10 @@ atu: make a language model forget a concept, and measure that it is gone.
                                        rank targets by how much the model knows (resumes from --out)
   atu attack RUN_DIR [--attacks quant8,quant4,bnb8,bnb4,relearn,incontext,rephrase,probe,mia] [key=value ...]
                                        is it gone or hidden? robustness table in RUN_DIR/attacks/
-  atu compare --methods atu,ga,npo,... [--target NAME ...] [--out DIR] [--attacks quant4,...] [key=value ...]
-              [ga:method.lr=1e-5 ...]
+  atu compare --methods atu,ga,npo,... [--target NAME ...] [--seeds N] [--out DIR] [--attacks quant4,...]
+              [key=value ...] [ga:method.lr=1e-5 ...]
                                        several methods, same target/model/data/evaluation: table + trade-off plot
+                                       (--seeds N: seeds 0..N-1, mean ± sd per target and over all)
   atu compare --collect SWEEP_DIR      the finished runs under SWEEP_DIR (atu-sweep --multirun) in one table
   atu settings [method=NAME]           every setting with its default and what it does
   atu-sweep --multirun [hydra/launcher=slurm] target=A,B method=atu,ga ...
@@ -125,7 +126,7 @@ def evaluate(rest) -> int:
     from .config import from_run, load_config, quote
     from .console import print_table
     from .pipeline import evaluate_only
-    from .report import utility_table
+    from .report import kind_table, utility_table
     from .runs import Run
 
     args, overrides = _split(rest, {"--out": True})
@@ -142,9 +143,14 @@ def evaluate(rest) -> int:
     else:
         cfg = load_config(overrides)
     result = evaluate_only(cfg, args.out, run)
-    print_table(
-        [{"stage": Path(str(run.model_dir if run else cfg.model.name_or_path)).name or "model", **result["metrics"]}]
-    )
+    row = {"stage": Path(str(run.model_dir if run else cfg.model.name_or_path)).name or "model", **result["metrics"]}
+    print_table([row])
+    m = result["metrics"]
+    print(f"prompt: {m.get('prompt')}; scorer: {m.get('scorer')}; retain targets: {m.get('retain_targets', 'none')}")
+    for kind, title in (("aa_type", "Forget AA per attack type"), ("mia", "RWKU's MIA"), ("answers", "Answer types")):
+        table = kind_table([row], kind)
+        if table is not None:
+            print(f"\n{title}:\n\n{table.markdown()}")
     if "utility" in result:
         print(utility_table({"score": result["utility"]}).markdown())
     return 0
@@ -238,7 +244,15 @@ def compare(rest) -> int:
     from .console import say
 
     args, overrides = _split(
-        rest, {"--methods": True, "--target": "append", "--out": True, "--attacks": True, "--collect": True}
+        rest,
+        {
+            "--methods": True,
+            "--target": "append",
+            "--out": True,
+            "--attacks": True,
+            "--collect": True,
+            "--seeds": True,
+        },
     )
     if args.collect:  # the run folders of a sweep (atu-sweep --multirun) into one table and report
         out = Path(args.out or args.collect)
@@ -263,7 +277,10 @@ def compare(rest) -> int:
             shared.append(o)
     targets = datalib.expand_targets(args.target) if args.target else [str(load_config(shared).target)]
     out = Path(args.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}")
-    run_all(methods, targets, out, shared, per_method, _names(args.attacks))
+    seeds = int(args.seeds) if args.seeds and args.seeds.isdigit() and int(args.seeds) > 0 else None
+    if args.seeds and seeds is None:
+        raise AtuError(f"--seeds {args.seeds}: give a whole number of seeds, e.g. --seeds 2")
+    run_all(methods, targets, out, shared, per_method, _names(args.attacks), seeds or 1)
     say(f"table: {out / 'compare.md'}; plot: {out / 'tradeoff.png'}")
     print((out / "compare.md").read_text())
     return 0

@@ -6,9 +6,10 @@ Finished runs (run.json status "done") are kept and not rerun, so an interrupted
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
-from . import report, runs
+from . import metrics, report, runs
 from .attacks import check_names, run_attacks
 from .config import load_config, quote
 from .console import say
@@ -17,7 +18,18 @@ from .errors import AtuError
 from .pipeline import resumable, resume_config, unlearn
 from .runs import Run
 
-COLUMNS = ("forget_fb", "forget_qa", "forget_aa", "forget_all", "neighbor_fb", "neighbor_qa", "neighbor_all")
+COLUMNS = (
+    "forget_fb",
+    "forget_qa",
+    "forget_aa",
+    "forget_all",
+    "neighbor_fb",
+    "neighbor_qa",
+    "neighbor_all",
+    "retain_all",
+)
+# what kind of answers each model gave (% per type, forget and neighbour) and the forget answers' fluency
+ANSWERS = tuple(m.key for m in metrics.of_kind("answers"))
 # overrides that change the starting model or how it is scored: a run with one of these evaluates its own "before"
 STARTING_POINT = ("model", "eval", "data.roots", "target", "run.device", "+")
 # a target counts as known when the starting model scores at least this on its forget probes (forget-all, before)
@@ -39,17 +51,22 @@ def run_all(
     shared: list[str],
     per_method: dict[str, list[str]],
     attacks: list[str] | None = None,
+    seeds: int = 1,
 ) -> list[dict]:
     if attacks:
         check_names(attacks)
+    if seeds > 1 and any(o.startswith("run.seed=") for o in shared):
+        raise AtuError("--seeds N runs seeds 0..N-1; drop run.seed=... or drop --seeds")
     plans = []  # every configuration is validated before the first (long) run starts
     for target in targets:
         for entry in methods:
-            run = Run(out / slug(target) / entry.replace("+", "_"))
-            overrides = shared + [f"target={quote(target)}"] + method_overrides(entry, per_method)
-            plans.append(
-                (target, entry, run, load_config(overrides + [f"run.output_dir={quote(run)}", "run.overwrite=true"]))
-            )
+            for seed in range(seeds):
+                name = entry.replace("+", "_") + (f"-seed{seed}" if seeds > 1 else "")
+                run = Run(out / slug(target) / name)
+                overrides = shared + [f"target={quote(target)}"] + method_overrides(entry, per_method)
+                overrides += [f"run.seed={seed}"] if seeds > 1 else []
+                cfg = load_config(overrides + [f"run.output_dir={quote(run)}", "run.overwrite=true"])
+                plans.append((target, entry, run, cfg))
     rows, before = [], {}  # target -> a finished run whose "before" evaluation the others reuse
     for i, (target, entry, run, cfg) in enumerate(plans):
         changes_start = any(o.startswith(STARTING_POINT) for o in per_method.get(entry, []))
@@ -90,15 +107,18 @@ def collect(run: Run, entry: str) -> list[dict]:
     """One row per evaluation of a finished run ('before', then each unlearning stage); attack numbers join the
     unlearned model's (last) row and the 'before' row."""
     info = run.info()
+    seed = run.config().run.seed
     rows = [
         {
             "method": entry,
             "target": info["target"],
+            "seed": seed,
             "stage": e["stage"],
             "tau": e.get("tau"),
             "seconds": info.get("seconds"),
             "trainable_parameters": info.get("trainable_parameters"),
-            **{k: e.get(k) for k in COLUMNS},
+            **{k: e.get(k) for k in COLUMNS + ANSWERS},
+            **{k: e[k] for k in ("prompt", "scorer") if e.get(k)},
             "run_dir": str(run),
         }
         for e in run.evals()
@@ -121,12 +141,34 @@ def final_rows(rows: list[dict]) -> list[dict]:
     last = {}
     for r in rows:
         if r["stage"] != "before":
-            last[(r["method"], r["target"])] = r
+            last[(r["method"], r["target"], r.get("seed"))] = r
     return out + list(last.values())
 
 
+def seed_means(finals: list[dict]) -> list[dict]:
+    """Rows of several seeds (one method, one target) as one: the mean, and the standard deviation as `<key>_sd`."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in finals:
+        groups.setdefault((r["method"], r["target"]), []).append(r)
+    return [_mean_row(group, group[0]) for group in groups.values()]
+
+
+def _mean_row(group: list[dict], first: dict) -> dict:
+    keys = list(COLUMNS) + list(dict.fromkeys(k for g in group for k in g if ": " in k)) + ["seconds"]
+    row = {**first, **{k: _mean([g.get(k) for g in group]) for k in keys}, "n_runs": len(group)}
+    if len(group) > 1:
+        row |= {f"{k}_sd": _sd([g.get(k) for g in group]) for k in keys if k != "seconds"}
+    return row
+
+
+def _sd(values):
+    values = [v for v in values if v is not None]
+    return statistics.stdev(values) if len(values) > 1 else None
+
+
 def target_means(finals: list[dict]) -> list[dict]:
-    """Per method, the mean over all targets and over the targets the model knew (forget-all before ≥ KNOWN)."""
+    """Per method, the mean (± standard deviation) over all targets and seeds, and over the targets the model knew
+    (forget-all before ≥ KNOWN)."""
     targets = sorted({r["target"] for r in finals})
     if len(targets) < 2:
         return []
@@ -135,17 +177,9 @@ def target_means(finals: list[dict]) -> list[dict]:
     for label, keep in ((f"mean of {len(targets)} targets", set(targets)), (f"mean of {len(known)} known", known)):
         for method in dict.fromkeys(r["method"] for r in finals):
             group = [r for r in finals if r["method"] == method and r["target"] in keep]
-            attacks = dict.fromkeys(k for g in group for k in g if ": " in k)  # "quant4: forget_all", ...
             if group:
-                out.append(
-                    {
-                        "method": method,
-                        "target": label,
-                        "seconds": None,
-                        "trainable_parameters": None,
-                        **{k: _mean([g.get(k) for g in group]) for k in list(COLUMNS) + list(attacks)},
-                    }
-                )
+                row = _mean_row(group, {"method": method, "target": label, "trainable_parameters": None})
+                out.append(row | {"seconds": None})
     return out
 
 
@@ -155,19 +189,40 @@ def _mean(values):
 
 
 def table(rows: list[dict]) -> report.Table:
+    """The unlearned models (per target: the mean ± sd over seeds), then the means over targets (and seeds)."""
     finals = final_rows(rows)
-    return report.compare_table(finals + target_means(finals), list(COLUMNS))
+    return report.compare_table(seed_means(finals) + target_means(finals), list(COLUMNS))
+
+
+def answers_table(rows: list[dict]) -> report.Table:
+    """Per method and target (and seed), before and after: the share of each answer type and the forget answers'
+    fluency."""
+    finals = final_rows(rows)
+    keys = [k for k in ANSWERS if any(r.get(k) is not None for r in finals)]
+    return report.Table(
+        ["Method", "Target"] + [metrics.label(k) for k in keys],
+        [[r["method"], r["target"]] + [report.fmt(r.get(k)) for k in keys] for r in finals],
+        [False, False] + [True] * len(keys),
+    )
 
 
 def write_outputs(rows: list[dict], out: Path, run_folders: list[Run]) -> None:
     """compare.md, compare.csv (every stage), tradeoff.png and the report linking every run's own report."""
-    compare = table(rows)
-    runs.write_text(out / "compare.md", compare.markdown() + "\n")
+    compare, answers = table(rows), answers_table(rows)
+    runs.write_text(
+        out / "compare.md",
+        compare.markdown()
+        + "\n\n"
+        + report.scores_note(rows)
+        + "\n\nWhat kind of answers (docs/evaluation.md):\n\n"
+        + answers.markdown()
+        + "\n",
+    )
     runs.write_csv(out / "compare.csv", rows)
     for run in run_folders:
         if run.is_run():
             report.write_run_report(run)
-    report.write_compare_report(out, rows, compare, [r for r in run_folders if r.is_run()])
+    report.write_compare_report(out, rows, compare, [r for r in run_folders if r.is_run()], answers)
 
 
 def rewrite_report(folder: Path) -> Path:

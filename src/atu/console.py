@@ -34,8 +34,8 @@ def stage_label(row: dict) -> str:
 
 
 def eval_line(row: dict) -> str:
-    """One evaluation in one line: the forget levels, forget-all and neighbour-all."""
-    keys = [k for k in (*metrics.FORGET, "forget_all", "neighbor_all") if k in row]
+    """One evaluation in one line: the forget levels, forget-all, neighbour-all and retain-all."""
+    keys = [k for k in (*metrics.FORGET, "forget_all", "neighbor_all", "retain_all") if k in row]
     tau = f" (tau={row['tau']:.3f})" if "tau" in row else ""
     return f"eval {row['stage']}{tau}: " + ", ".join(f"{k}={row[k]:.1f}" for k in keys) + f" [{row['eval_seconds']} s]"
 
@@ -45,7 +45,7 @@ def change_summary(history: list[dict]) -> str:
         return ""
     before, after = history[0], history[-1]
     parts = []
-    for key, name in (("forget_all", "forget-all"), ("neighbor_all", "neighbour-all")):
+    for key, name in (("forget_all", "forget-all"), ("neighbor_all", "neighbour-all"), ("retain_all", "retain-all")):
         if before.get(key) and after.get(key) is not None:
             parts.append(f"{name} {before[key]:.1f} → {after[key]:.1f} ({100 * (after[key] / before[key] - 1):+.0f}%)")
     return "; ".join(parts)

@@ -138,6 +138,22 @@ register(
         brief=False,
     )
 )
+# the retain score: other known targets' forget FB/QA probes (eval.retain_targets), knowledge that must survive
+register(Metric("retain_fb", "Retain FB", False, "retain", chance=0.0, brief=False))
+register(Metric("retain_qa", "Retain QA", False, "retain", chance=0.0, brief=False))
+register(
+    Metric(
+        "retain_all",
+        "Retain all",
+        False,
+        "aggregate",
+        parts=("retain_fb", "retain_qa"),
+        weights=(3268, 2879),
+        chance=0.0,
+        note="FB and QA probes of other targets the model knows (eval.retain_targets), RWKU's global FB/QA weights",
+    )
+)
+
 # ours: paraphrased and multi-hop questions about the target (where written)
 register(Metric("rephrase", "Rephrase", True, "probes", "rephrase.json", chance=0.0))
 register(Metric("multihop", "Multi-hop", True, "probes", "multihop.json", chance=0.0))

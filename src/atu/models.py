@@ -65,7 +65,8 @@ def load_lm(model_cfg, device: torch.device | str = "cpu", quantize: str | None 
     elif name.startswith("tiny:"):
         if quantize:
             raise AtuError(f"{quantize} quantization loads a saved model directory, not {name}; save the model first")
-        model, tok = tiny_lm(int(name.split(":", 1)[1] or 0)), gemma_tokenizer()
+        tok = tiny_tokenizer()
+        model = tiny_lm(int(name.split(":", 1)[1] or 0), vocab=TINY_VOCAB)
         model = model.to(dtype)
     elif name.endswith(".gguf"):
         model, tok = _from_dir(gguf_to_safetensors(Path(name)), dtype, False, True, **bnb)
@@ -183,13 +184,23 @@ def gguf_to_safetensors(gguf: Path) -> Path:
 
 
 def gemma_tokenizer():
-    """The embedded model's real tokenizer (262k vocabulary), cached as tokenizer.json; tiny test models use it too."""
+    """The embedded model's real tokenizer (262k vocabulary), cached as tokenizer.json."""
     return copy.copy(_gemma_tokenizer())  # a copy: callers set padding sides and templates on their own
 
 
 @functools.cache
 def _gemma_tokenizer():
     return AutoTokenizer.from_pretrained(embedded_lm_dir())  # seconds for 262k entries: once per process
+
+
+TINY_VOCAB = 4096  # entries of tiny_tokenizer(), the vocabulary of `model=tiny`
+
+
+def tiny_tokenizer():
+    """`model=tiny`'s tokenizer: a 4,096-entry BPE shaped like Gemma's, trained on atu's shipped text
+    (tools/make_tiny_tokenizer.py). A 64-wide model's cost is its LM head: 262k entries made a unit-test step ~30x
+    slower, and what the tiny model checks (plumbing, resume, scale-out) does not depend on the vocabulary."""
+    return AutoTokenizer.from_pretrained(Path(__file__).parent / "data" / "tokenizers" / "tiny")
 
 
 def tiny_lm(seed: int = 0, layers: int = 4, hidden: int = 64, vocab: int = 262144):

@@ -158,9 +158,9 @@ def compare_table(rows: list[dict], columns: list[str]) -> Table:
     extra = list(dict.fromkeys(k for r in rows for k in r if ": " in k))  # "quant4: forget_all", when attacks ran
     body = [
         [r["method"], r["target"]]
-        + [fmt(r.get(k)) for k in columns]
+        + [_mean_sd(r, k) for k in columns]
         + [fmt(r.get("seconds"), 0), _count(r.get("trainable_parameters"))]
-        + [fmt(r.get(k)) for k in extra]
+        + [_mean_sd(r, k) for k in extra]
         for r in rows
     ]
     return Table(
@@ -168,6 +168,12 @@ def compare_table(rows: list[dict], columns: list[str]) -> Table:
         body,
         [False, False] + [True] * (len(columns) + 2 + len(extra)),
     )
+
+
+def _mean_sd(row: dict, key: str) -> str:
+    """A value, with "± sd" when the row is a mean over seeds or targets."""
+    sd = row.get(f"{key}_sd")
+    return fmt(row.get(key)) + (f" ± {sd:.1f}" if sd is not None else "")
 
 
 def _count(n) -> str:
@@ -389,7 +395,9 @@ def write_run_report(run: Run) -> Path:
     return write_page(run.path, title, intro, sections, scores_note(history))
 
 
-def write_compare_report(folder: Path, rows: list[dict], table: Table, run_folders: list[Run]) -> Path:
+def write_compare_report(
+    folder: Path, rows: list[dict], table: Table, run_folders: list[Run], answers: Table | None = None
+) -> Path:
     """A comparison's page: its table, the methods' trade-off plot, and a link to every run's own report."""
     plot_methods(rows, folder / "tradeoff.png")
     links = [
@@ -399,6 +407,7 @@ def write_compare_report(folder: Path, rows: list[dict], table: Table, run_folde
     sections = [
         ("Comparison", [table, scores_note(rows)]),
         ("Trade-off", [("img", "tradeoff.png", "forget-all vs neighbour-all per method")]),
+        ("What kind of answers", [answers, ANSWERS_NOTE] if answers is not None and answers.rows else []),
         ("Runs", links or ["No run folders found."]),
         ("Versions", [", ".join(f"{k} {v}" for k, v in runs.versions().items())]),
     ]

@@ -81,6 +81,16 @@ class EvalConfig:
         choices=("rwku", "lenient"),
     )
     neighbours: bool = setting(True, "score the neighbour probes too")
+    # The retain score: FB/QA probes of other targets the model knows (RWKU's neighbours are often unknown to a small
+    # model, so "neighbours kept" alone cannot show damage). Candidates in order; the first `retain_count` that are
+    # neither the target nor named in its probes (nor name it in theirs) are used. The default list is the
+    # best-known targets of the embedded model's screen (docs/targets.md) without an official forget corpus, so that
+    # no method trains on their text; screen your own model with `atu targets` and pass its list.
+    retain_targets: list[str] = setting(
+        ["Tony Blair", "Leonardo da Vinci", "Tom Clancy", "Henry Kissinger", "Jackie Chan", "Vincent van Gogh"],
+        "candidate targets for the retain score (other people the model knows)",
+    )
+    retain_count: int = setting(3, "targets in the retain score; 0: no retain score", at_least=0)
     mia: bool = setting(True, "RWKU's MIA figures (FM/RM) before unlearning and after the last stage")
     max_probes_per_file: Optional[int] = setting(
         None, "first N probes of each file, for quick looks; null: all", at_least=1

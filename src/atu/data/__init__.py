@@ -248,6 +248,36 @@ def load_target(name: str, extra_roots=(), allow_new: bool = False, max_probes: 
     return target
 
 
+RETAIN_SETS = {"retain_fb": "forget_fb", "retain_qa": "forget_qa"}  # the retain score's sets: others' forget FB/QA
+
+
+def _mentions(target: Target, name: str) -> bool:
+    text = " ".join(f"{p.query} {p.answer}" for items in target.probes.values() for p in items).lower()
+    return name.lower() in text
+
+
+def retain_targets(target: Target, candidates, count: int, roots=(), max_probes: int | None = None) -> list[Target]:
+    """The first `count` candidates that are not `target` and unrelated to it (neither is named in the other's
+    probes), loaded with their probes."""
+    chosen = []
+    for name in candidates:
+        if len(chosen) == count:
+            break
+        try:
+            other = load_target(name, roots)  # all its probes: a relation may be named in any of them
+        except AtuError as e:
+            raise AtuError(f"eval.retain_targets: {e}") from None
+        if other.name != target.name and not _mentions(target, other.name) and not _mentions(other, target.name):
+            other.probes = {k: v[:max_probes] if max_probes else v for k, v in other.probes.items()}
+            chosen.append(other)
+    return chosen
+
+
+def retain_probes(others: list[Target]) -> dict[str, list[Probe]]:
+    """The retain score's probe sets: every chosen target's forget FB and QA probes, pooled per level."""
+    return {key: [p for t in others for p in t.probes.get(level, [])] for key, level in RETAIN_SETS.items()}
+
+
 def other_targets(target: str, n: int, roots, seed: int) -> list[Target]:
     """Targets with a forget corpus, other than `target`, chosen by seed from the sorted list (not file order)."""
     if n == 0:

@@ -37,6 +37,10 @@ def evaluate(
     eval_cfg says, plus RWKU's MIA figures (eval.mia, unless `mia` is false). Returns (metrics, per-probe records);
     the metrics name the scorer and the prompt that made them."""
     probes = {k: v for k, v in target.probes.items() if eval_cfg.neighbours or not k.startswith("neighbor")}
+    retained = []
+    if eval_cfg.retain_count and (probe_sets is None or set(probe_sets) & set(datalib.RETAIN_SETS)):
+        retained = retain_of(target, eval_cfg)
+        probes |= datalib.retain_probes(retained)
     if probe_sets is not None:
         probes = {k: v for k, v in probes.items() if k in probe_sets}
     shots = prompt_shots(eval_cfg, tokenizer)
@@ -48,4 +52,23 @@ def evaluate(
         if members and others:
             scores |= {k: v for k, v in rwku_mia(model, tokenizer, members, others).items() if v is not None}
     prompt = f"few-shot ({shots})" if shots else "zero-shot"
-    return {"scorer": eval_cfg.scorer, "prompt": prompt} | scores, records
+    named = {"retain_targets": ", ".join(t.name for t in retained)} if retained else {}
+    return {"scorer": eval_cfg.scorer, "prompt": prompt} | named | scores, records
+
+
+_RETAIN: dict = {}
+
+
+def retain_of(target: datalib.Target, eval_cfg) -> list[datalib.Target]:
+    """The retain score's targets for `target` (loaded once per process: every evaluation of a run uses the same)."""
+    key = (target.name, tuple(eval_cfg.retain_targets), eval_cfg.retain_count, eval_cfg.max_probes_per_file)
+    if key not in _RETAIN:
+        others = datalib.retain_targets(
+            target,
+            eval_cfg.retain_targets,
+            eval_cfg.retain_count,
+            [str(f.parent) for f in target.folders],
+            eval_cfg.max_probes_per_file,
+        )
+        _RETAIN[key] = others
+    return _RETAIN[key]

