@@ -24,7 +24,7 @@ from common import RESULTS, environment
 
 from atu.evaluate.rwku import rescore
 
-KEYS = ("forget_all", "neighbor_all", "forget_fb", "forget_qa", "forget_aa", "mia_fm")
+KEYS = ("forget_all", "neighbor_all", "retain_all", "forget_fb", "forget_qa", "forget_aa", "mia_fm", "mia_rm")
 
 
 def main() -> None:

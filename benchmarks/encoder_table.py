@@ -17,7 +17,7 @@ from common import result_path
 
 from atu.runs import Run
 
-KEYS = ("forget_all", "neighbor_all", "retain_all")
+KEYS = ("forget_all", "retain_all")
 
 
 def gnu_time(path: Path) -> dict:
@@ -64,8 +64,8 @@ def main() -> None:
                     **timing,
                 }
             )
-    head = "| configuration | target | forget-all | neighbour-all | retain-all | τ used | align s/step | run s |"
-    print(head + "\n|" + "---|" * 8)
+    head = "| configuration | target | forget-all | retain-all | τ used | align s/step | run s |"
+    print(head + "\n|" + "---|" * 7)
     for r in rows:
         cells = [
             f"{r.get(k + '_before', '–')} → {r.get(k + '_after', '–')}" for k in KEYS

@@ -13,6 +13,7 @@ ARGS = [
     "data.max_passages=3",
     "ga:method.steps=2",
     "ga:method.batch_size=2",
+    "eval.every=1",  # GA is also evaluated after its first step: a two-point front
 ]
 
 
@@ -21,7 +22,7 @@ def test_compare_writes_table_plot_and_resumes(tmp_path):
     r = atu("compare", "--methods", "icu,ga", "--out", str(out), *ARGS)
     assert r.returncode == 0, r.stderr[-2000:]
     table = (out / "compare.md").read_text()
-    assert "| before | Warren Buffett |" in table and "| ga | Warren Buffett |" in table and "| icu |" in table
+    assert "| before | Cindy Crawford |" in table and "| ga | Cindy Crawford |" in table and "| icu |" in table
     assert (out / "tradeoff.png").stat().st_size > 10_000
     assert "Retain all" in table  # other known people's probes, beside the neighbours
     answers = table.split("What kind of answers")[1]  # per method, before and after: the share of each type
@@ -30,25 +31,28 @@ def test_compare_writes_table_plot_and_resumes(tmp_path):
         shares = [float(c) for c in row.split("|")[3:8]]  # % forget answers correct, wrong, refusal, off-format, empty
         assert abs(sum(shares) - 100) < 0.5, row
     rows = list(csv.DictReader((out / "compare.csv").open()))
-    assert {r["method"] for r in rows} == {"icu", "ga"} and {r["stage"] for r in rows} == {"before", "unlearn1"}
-    ga_run = json.loads((out / "Warren_Buffett" / "ga" / "run.json").read_text())
+    assert {r["method"] for r in rows} == {"icu", "ga"}
+    assert [r["stage"] for r in rows if r["method"] == "ga"] == ["before", "unlearn1@1", "unlearn1"]
+    assert "Matched forgetting" in table and (out / "front_retain.png").stat().st_size > 10_000
+    assert "| ga | Cindy Crawford |" in table.split("Matched forgetting")[1]
+    ga_run = json.loads((out / "Cindy_Crawford" / "ga" / "run.json").read_text())
     assert ga_run["trainable_parameters"] > 0 and ga_run["status"] == "done"
     ga_before = next(
         json.loads(line)
-        for line in (out / "Warren_Buffett" / "ga" / "metrics.jsonl").read_text().splitlines()
+        for line in (out / "Cindy_Crawford" / "ga" / "metrics.jsonl").read_text().splitlines()
         if '"stage": "before"' in line
     )
     assert ga_before["reused_from"].endswith("icu")  # one "before" evaluation per target, shared by the methods
-    assert (out / "Warren_Buffett" / "ga" / "predictions" / "before.json").exists()
-    stamp = (out / "Warren_Buffett" / "ga" / "run.json").stat().st_mtime
+    assert (out / "Cindy_Crawford" / "ga" / "predictions" / "before.json").exists()
+    stamp = (out / "Cindy_Crawford" / "ga" / "run.json").stat().st_mtime
     again = atu("compare", "--methods", "icu,ga", "--out", str(out), "--attacks", "quant4", *ARGS)
     assert again.returncode == 0 and "already done" in again.stderr, again.stderr[-2000:]
-    assert (out / "Warren_Buffett" / "ga" / "run.json").stat().st_mtime == stamp
+    assert (out / "Cindy_Crawford" / "ga" / "run.json").stat().st_mtime == stamp
     assert "quant4: forget_all" in (out / "compare.md").read_text()  # the robustness numbers join the table
     page = (out / "report.html").read_text()  # the comparison's report links every run's own report
     for method in ("icu", "ga"):
-        assert f'href="Warren_Buffett/{method}/report.html"' in page
-        assert (out / "Warren_Buffett" / method / "report.html").exists()
+        assert f'href="Cindy_Crawford/{method}/report.html"' in page
+        assert (out / "Cindy_Crawford" / method / "report.html").exists()
     assert 'src="tradeoff.png"' in page and "quant4: forget_all" in page
 
 
@@ -115,3 +119,40 @@ def test_several_seeds_become_one_row_per_target_with_the_standard_deviation():
     assert overall["forget_all"] == 8.0  # over targets and seeds: 10, 14, 6, 2
     assert overall["forget_all_sd"] == pytest.approx(5.163977, abs=1e-6)
     assert "| atu | A | – | – | – | 12.0 ± 2.8 |" in table(rows).markdown()
+
+
+def test_fronts_keep_the_points_no_other_point_beats_and_say_which_front_dominates():
+    from atu.compare import dominates, fronts_table, relation
+    from atu.report import pareto_front
+
+    points = [(10.0, 20.0), (5.0, 18.0), (5.0, 15.0), (8.0, 10.0), (2.0, 9.0), (12.0, 25.0)]
+    assert pareto_front(points) == [(2.0, 9.0), (5.0, 18.0), (10.0, 20.0), (12.0, 25.0)]
+    a, b = [(2.0, 20.0), (6.0, 25.0)], [(3.0, 19.0), (7.0, 24.0)]
+    assert (
+        dominates(a, b) and not dominates(b, a) and relation(a, b) == "dominates" and relation(b, a) == "is dominated"
+    )
+    assert relation([(1.0, 10.0)], [(5.0, 20.0)]) == "crosses" and relation(a, a) == "equal"
+
+    def row(method, stage, forget, retain, seed=0):
+        return {
+            "method": method,
+            "target": "A",
+            "seed": seed,
+            "stage": stage,
+            "forget_all": forget,
+            "retain_all": retain,
+        }
+
+    rows = [
+        row("before", "before", 30.0, 20.0),
+        row("atu", "unlearn1", 20.0, 19.5),
+        row("atu", "unlearn2", 10.0, 17.0),  # 85% of retain: counts for the 80% column only
+        row("ga", "unlearn1@10", 12.0, 18.5),
+        row("ga", "unlearn1", 0.0, 2.0),
+        row("ga", "unlearn1@10", 14.0, 18.0, seed=1),
+        row("ga", "unlearn1", 1.0, 3.0, seed=1),
+    ]
+    body = {r[0]: r for r in fronts_table(rows).rows}
+    assert body["atu"][3:5] == ["20.0 (unlearn1)", "10.0 (unlearn2)"]
+    assert body["ga"][3] == "13.0 (unlearn1@10, unlearn1@10)"  # the mean over seeds, and where each was reached
+    assert body["ga"][5] == "crosses"  # ATU keeps more at 10-20, GA forgets everything at a loss

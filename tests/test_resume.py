@@ -30,6 +30,7 @@ RUN = [
     "method.head_layers=1",
     "method.head_heads=2",
     "run.checkpoint_every=4",
+    "eval.every=4",  # points inside the unlearning stages, one of them right before the checkpoint the kill follows
 ]
 TIMING = ("seconds", "eval_seconds")
 
@@ -70,6 +71,8 @@ def test_sigkill_mid_stage_then_resume_ends_like_an_uninterrupted_run(tmp_path):
     assert run["status"] == "done" and len(run["resumed"]) == 1
     # the same log (every step's losses, every evaluation), the same weights, bit for bit
     assert records(killed) == records(whole)
+    stages = [r["stage"] for r in records(whole) if r["event"] == "eval"]
+    assert stages == ["before", "unlearn1@4", "unlearn1@8", "unlearn1", "unlearn2@4", "unlearn2@8", "unlearn2"]
     for name in ("model/model.safetensors", "head.safetensors"):
         a, b = load_file(whole / name), load_file(killed / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name

@@ -19,7 +19,7 @@ from .errors import AtuError
 HELP = """\
 atu: make a language model forget a concept, and measure that it is gone.
 
-  atu unlearn [key=value ...]          unlearn (default: ATU, embedded gemma-3-270m, target Warren Buffett)
+  atu unlearn [key=value ...]          unlearn (default: ATU, embedded gemma-3-270m, target Cindy Crawford)
   atu unlearn --resume RUN_DIR         continue a killed or failed run from its last checkpoint
   atu report RUN_DIR                   (re)write RUN_DIR/report.html and report.md with plots (run or compare folder)
   atu eval [MODEL] [key=value ...]     score a model (dir, .gguf, hub id, or a run folder) on a target's RWKU probes

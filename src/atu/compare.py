@@ -206,14 +206,88 @@ def answers_table(rows: list[dict]) -> report.Table:
     )
 
 
+# ---------------------------------------------------------------- trade-off fronts
+
+KEEP = (0.9, 0.8)  # "keeps ≥ 90% (80%) of the retain score": the matched-forgetting table's columns
+
+
+front = report.pareto_front
+
+
+def dominates(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> bool:
+    """Every point of front b is matched or beaten on both axes by some point of front a."""
+    return all(any(fa <= fb and ka >= kb for fa, ka in a) for fb, kb in b)
+
+
+def relation(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> str:
+    if not a or not b:
+        return "–"
+    ab, ba = dominates(a, b), dominates(b, a)
+    return "equal" if ab and ba else "dominates" if ab else "is dominated" if ba else "crosses"
+
+
+def _points(rows: list[dict], keep_key: str) -> list[tuple[float, float]]:
+    return [
+        (r["forget_all"], r[keep_key]) for r in rows if r.get("forget_all") is not None and r.get(keep_key) is not None
+    ]
+
+
+def fronts_table(rows: list[dict], reference: str = "atu") -> report.Table:
+    """Per method and target: the best forget-all any evaluation of its run(s) reached while keeping ≥ 90% (80%) of
+    the retain score (the step or stage, and the mean over seeds), and how `reference`'s front relates to it."""
+    keep_key = "retain_all" if any(r.get("retain_all") is not None for r in rows) else "neighbor_all"
+    body = []
+    for target in dict.fromkeys(r["target"] for r in rows):
+        mine = [r for r in rows if r["target"] == target]
+        start = next((r for r in mine if r["stage"] == "before"), None)
+        if start is None or not start.get(keep_key):
+            continue
+        ref = front(_points([r for r in mine if r["method"] == reference], keep_key) + _points([start], keep_key))
+        for method in dict.fromkeys(r["method"] for r in mine if r["stage"] != "before"):
+            cells = []
+            for share in KEEP:
+                best = []
+                for seed in dict.fromkeys(r.get("seed") for r in mine if r["method"] == method):
+                    run = [r for r in mine if r["method"] == method and r.get("seed") == seed] + [start]
+                    ok = [
+                        r
+                        for r in run
+                        if (r.get(keep_key) or 0) >= share * start[keep_key] and r.get("forget_all") is not None
+                    ]
+                    best.append(min(ok, key=lambda r: r["forget_all"]))
+                where = ", ".join(str(b["stage"]) for b in best)
+                cells.append(f"{statistics.fmean(b['forget_all'] for b in best):.1f} ({where})")
+            own = front(_points([r for r in mine if r["method"] == method], keep_key) + _points([start], keep_key))
+            body.append(
+                [
+                    method,
+                    target,
+                    f"{start['forget_all']:.1f}",
+                    *cells,
+                    "–" if method == reference else relation(ref, own),
+                ]
+            )
+    kept = "retain-all" if keep_key == "retain_all" else "neighbour-all"
+    return report.Table(
+        ["Method", "Target", "Forget all before"]
+        + [f"Best forget all, {kept} ≥ {int(100 * s)}% (where)" for s in KEEP]
+        + [f"{reference.upper()}'s front vs this one"],
+        body,
+        [False, False, True, True, True, False],
+    )
+
+
 def write_outputs(rows: list[dict], out: Path, run_folders: list[Run]) -> None:
     """compare.md, compare.csv (every stage), tradeoff.png and the report linking every run's own report."""
-    compare, answers = table(rows), answers_table(rows)
+    compare, answers, fronts = table(rows), answers_table(rows), fronts_table(rows)
     runs.write_text(
         out / "compare.md",
         compare.markdown()
         + "\n\n"
         + report.scores_note(rows)
+        + "\n\nMatched forgetting: the best forget-all each run reached at any evaluation while keeping the share of"
+        " retain-all (`eval.every` adds evaluations inside stages):\n\n"
+        + fronts.markdown()
         + "\n\nWhat kind of answers (docs/evaluation.md):\n\n"
         + answers.markdown()
         + "\n",
@@ -222,7 +296,7 @@ def write_outputs(rows: list[dict], out: Path, run_folders: list[Run]) -> None:
     for run in run_folders:
         if run.is_run():
             report.write_run_report(run)
-    report.write_compare_report(out, rows, compare, [r for r in run_folders if r.is_run()], answers)
+    report.write_compare_report(out, rows, compare, [r for r in run_folders if r.is_run()], answers, fronts)
 
 
 def rewrite_report(folder: Path) -> Path:

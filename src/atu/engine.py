@@ -67,12 +67,16 @@ def run_stages(
     resume: Optional[Resume] = None,
     autocast: Callable = contextlib.nullcontext,
     log_every: int = 10,
+    evaluate_every: int = 0,
+    on_point: Optional[Callable[[Stage, int, dict], None]] = None,
 ) -> None:
     """Run `stages` in order. `modules` are everything that could train; only a stage's own params get gradients.
 
     A checkpoint is due after every stage (after its evaluation) and every `every` steps inside a stage. With
     `resume`, stages before resume.stage are skipped (their effect is in the restored parameters and method state);
-    a stage resumed mid-way re-runs its setup for its side effects but keeps the logged info of its first start."""
+    a stage resumed mid-way re-runs its setup for its side effects but keeps the logged info of its first start.
+    With `evaluate_every`, a stage that evaluates also calls `on_point(stage, steps_done, info)` every that many steps
+    inside it (points along a trade-off front), before that step's checkpoint, so a resumed run repeats no point."""
     everything = [p for m in modules for p in m.parameters()]
     trained: set[int] = set()  # what a checkpoint must keep: parameters no stage trained equal the loaded model's
     offsets = [sum(s.steps for s in stages[:i]) for i in range(len(stages))]  # global step of each stage's first step
@@ -146,7 +150,10 @@ def run_stages(
                         **numbers,
                     }
                 )
-            if checkpoint and every and (step + 1) % every == 0 and step + 1 < stage.steps:
+            inside = step + 1 < stage.steps
+            if on_point and stage.evaluate and evaluate_every and (step + 1) % evaluate_every == 0 and inside:
+                on_point(stage, step + 1, info)
+            if checkpoint and every and (step + 1) % every == 0 and inside:
                 checkpoint({"stage": index, "step": step + 1, "info": info}, optimizer, trained)
         bar.close()
         for p in everything:

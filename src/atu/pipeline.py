@@ -246,6 +246,8 @@ class Job:
                 autocast=lambda: torch.autocast(
                     self.device.type, dtype=torch.bfloat16, enabled=cfg.run.mixed_precision == "bf16"
                 ),
+                evaluate_every=cfg.eval.every,
+                on_point=self.evaluate_point,
             )
             if cfg.eval.utility:
                 self.utility["after"] = self.measure_utility()
@@ -376,13 +378,22 @@ class Job:
         scores, records = evaluate(self.model, self.tok, self.target, self.cfg.eval, system, mia=mia)
         row = {
             "stage": stage,
-            **{k: info[k] for k in ("tau", "tau_setting") if k in info},
+            **{k: info[k] for k in ("tau", "tau_setting", "step") if k in info},
             **scores,
             "eval_seconds": round(time.time() - t0, 1),
         }
         self.record(row)
         self.run_folder.write_predictions(stage, records)
         say(eval_line(row))
+
+    def evaluate_point(self, stage, step: int, info: dict) -> None:
+        """An evaluation inside an unlearning stage (eval.every): a point on the run's trade-off front."""
+        modes = [(m, m.training) for m in self.method.modules()]
+        for m, _ in modes:
+            m.eval()
+        self.evaluate(f"{stage.name}@{step}", {**info, "step": step})
+        for m, training in modes:
+            m.train(training)
 
     def measure_utility(self) -> dict:
         e, seed = self.cfg.eval, self.cfg.run.seed

@@ -176,6 +176,15 @@ def _mean_sd(row: dict, key: str) -> str:
     return fmt(row.get(key)) + (f" ± {sd:.1f}" if sd is not None else "")
 
 
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(forget, keep) points not beaten on both axes (forget lower, keep higher), sorted by forget."""
+    best = []
+    for f, k in sorted(set(points), key=lambda p: (p[0], -p[1])):
+        if not best or k > best[-1][1]:
+            best.append((f, k))
+    return best
+
+
 def _count(n) -> str:
     return "–" if n is None else f"{n / 1e6:.1f} M" if n >= 1e6 else f"{n:,}"
 
@@ -272,17 +281,16 @@ def plot_levels(before: dict, after: dict, path: Path) -> None:
     _save(fig, path)
 
 
-def plot_methods(rows: list[dict], path: Path) -> None:
-    """Forget-all against neighbour-all for every method's evaluations (ATU: one point per stage), per target."""
+def plot_methods(rows: list[dict], path: Path, keep: str = "neighbor_all") -> None:
+    """Forget-all against `keep` (neighbour-all, or retain-all) for every method's evaluations (one point per stage
+    and per `eval.every` point), per target; with retain-all, each method's Pareto front is drawn over its points."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     targets = sorted({r["target"] for r in rows})
     for target in targets:
         before = next((r for r in rows if r["target"] == target and r["stage"] == "before"), None)
-        if before and before.get("forget_all") is not None:
-            ax.scatter([before["forget_all"]], [before["neighbor_all"]], marker="*", s=160, color="black", zorder=3)
-            ax.annotate(
-                "before", (before["forget_all"], before["neighbor_all"]), textcoords="offset points", xytext=(5, 5)
-            )
+        if before and before.get("forget_all") is not None and before.get(keep) is not None:
+            ax.scatter([before["forget_all"]], [before[keep]], marker="*", s=160, color="black", zorder=3)
+            ax.annotate("before", (before["forget_all"], before[keep]), textcoords="offset points", xytext=(5, 5))
         methods = list(dict.fromkeys(r["method"] for r in rows if r["target"] == target))
         colors = plt.get_cmap("tab20" if len(methods) > 10 else "tab10")
         for k, method in enumerate(methods):
@@ -293,28 +301,27 @@ def plot_methods(rows: list[dict], path: Path) -> None:
                 and r["method"] == method
                 and r["stage"] != "before"
                 and r.get("forget_all") is not None
+                and r.get(keep) is not None
             ]
             if not pts:
                 continue
-            xs, ys = [p["forget_all"] for p in pts], [p["neighbor_all"] for p in pts]
-            (line,) = ax.plot(
-                xs,
-                ys,
-                marker="o",
-                color=colors(k % colors.N),
-                label=method if len(targets) == 1 else f"{method} ({target})",
-            )
-            ax.annotate(
-                method,
-                (xs[-1], ys[-1]),
-                textcoords="offset points",
-                xytext=(4, -10),
-                fontsize=8,
-                color=line.get_color(),
-            )
+            xs, ys = [p["forget_all"] for p in pts], [p[keep] for p in pts]
+            label, color = (method if len(targets) == 1 else f"{method} ({target})"), colors(k % colors.N)
+            if keep == "neighbor_all":
+                ax.plot(xs, ys, marker="o", color=color, label=label)
+            else:  # points of every seed, and the front they make (with the starting model)
+                ax.scatter(xs, ys, marker="o", s=18, color=color, alpha=0.6, label=label)
+                start = [(before["forget_all"], before[keep])] if before else []
+                fx, fy = zip(*pareto_front(list(zip(xs, ys)) + start))
+                ax.step(fx, fy, where="post", color=color)
+            ax.annotate(method, (xs[-1], ys[-1]), textcoords="offset points", xytext=(4, -10), fontsize=8, color=color)
     ax.set_xlabel("forget all (ROUGE-L recall ×100) ← better")
-    ax.set_ylabel("neighbour all (ROUGE-L recall ×100) → better")
-    ax.set_title("Forgetting vs keeping: one point per method (ATU: one per stage)")
+    ax.set_ylabel(f"{'neighbour' if keep == 'neighbor_all' else 'retain'} all (ROUGE-L recall ×100) → better")
+    ax.set_title(
+        "Forgetting vs keeping: one point per evaluation"
+        if keep == "neighbor_all"
+        else "Forgetting vs retain: every evaluation, and each method's front"
+    )
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     _save(fig, path, dpi=150)
@@ -396,17 +403,34 @@ def write_run_report(run: Run) -> Path:
 
 
 def write_compare_report(
-    folder: Path, rows: list[dict], table: Table, run_folders: list[Run], answers: Table | None = None
+    folder: Path,
+    rows: list[dict],
+    table: Table,
+    run_folders: list[Run],
+    answers: Table | None = None,
+    fronts: Table | None = None,
 ) -> Path:
-    """A comparison's page: its table, the methods' trade-off plot, and a link to every run's own report."""
+    """A comparison's page: its table, the methods' trade-off plots and fronts, and a link to every run's report."""
     plot_methods(rows, folder / "tradeoff.png")
+    has_retain = any(r.get("retain_all") is not None for r in rows)
+    if has_retain:
+        plot_methods(rows, folder / "front_retain.png", "retain_all")
     links = [
         ("link", os.path.relpath(run / "report.html", folder), f"{run.path.parent.name} / {run.path.name}")
         for run in run_folders
     ]
     sections = [
         ("Comparison", [table, scores_note(rows)]),
-        ("Trade-off", [("img", "tradeoff.png", "forget-all vs neighbour-all per method")]),
+        (
+            "Trade-off",
+            [("img", "tradeoff.png", "forget-all vs neighbour-all per method")]
+            + (
+                [("img", "front_retain.png", "forget-all vs retain-all per method, Pareto fronts")]
+                if has_retain
+                else []
+            ),
+        ),
+        ("Matched forgetting", [fronts] if fronts is not None and fronts.rows else []),
         ("What kind of answers", [answers, ANSWERS_NOTE] if answers is not None and answers.rows else []),
         ("Runs", links or ["No run folders found."]),
         ("Versions", [", ".join(f"{k} {v}" for k, v in runs.versions().items())]),

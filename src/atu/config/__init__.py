@@ -81,6 +81,10 @@ class EvalConfig:
         choices=("rwku", "lenient"),
     )
     neighbours: bool = setting(True, "score the neighbour probes too")
+    # one run, a trade-off front: unlearning stages are also evaluated every N steps (stage "unlearn1@20")
+    every: int = setting(
+        0, "also evaluate every N steps inside unlearning stages; 0: after each stage only", at_least=0
+    )
     # The retain score: FB/QA probes of other targets the model knows (RWKU's neighbours are often unknown to a small
     # model, so "neighbours kept" alone cannot show damage). Candidates in order; the first `retain_count` that are
     # neither the target nor named in its probes (nor name it in theirs) are used. The default list is the
@@ -129,7 +133,7 @@ class RunConfig:
 
 @dataclass
 class Config:
-    target: str = "Warren Buffett"
+    target: str = "Cindy Crawford"
     model: ModelConfig = field(default_factory=ModelConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     method: Any = MISSING  # chosen from config/method/*.yaml; validated by the method's own dataclass
