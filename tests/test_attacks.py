@@ -10,7 +10,7 @@ import torch
 
 from atu.attacks.incontext import with_context
 from atu.attacks.probe import fit_and_score, split
-from atu.attacks.quantize import quantize_model, quantize_rtn
+from atu.attacks.quantize import quantize_model, quantize_rtn, update_size
 from atu.attacks.relearn import split_probes
 from atu.data import Probe
 from atu.evaluate.mia import auc, loss_score, min_k_score, zlib_score
@@ -66,6 +66,32 @@ def test_bitsandbytes_int8_and_nf4_load_a_saved_model_with_bounded_error(tiny_mo
     assert 0 < errors["int8"] < errors["nf4"] < 0.5  # changed, less at 8 bits than at 4, and still the same model
 
 
+def test_update_size_counts_the_weights_whose_quantized_code_moved():
+    import copy
+
+    from atu.models import decoder_layers, tiny_lm
+
+    original = tiny_lm(seed=0, layers=2, vocab=512)
+    q = decoder_layers(original)[0].self_attn.q_proj.weight  # 64 inputs: one group per row
+    s = 0.01
+    with torch.no_grad():
+        q[0] = 0.0
+        q[0, 0] = 127 * s  # row 0: int8 step s, codes [127, 0, 0, ...]; int4 step 127 s / 7
+    unlearned = copy.deepcopy(original)
+    with torch.no_grad():
+        w = decoder_layers(unlearned)[0].self_attn.q_proj.weight
+        w[0, 1] += 0.6 * s  # its int8 code becomes 1, its int4 code stays 0
+        w[0, 2] += 0.2 * s  # both codes stay 0: 8-bit quantization undoes this update
+    total = sum(
+        m.weight.numel() for b in decoder_layers(original) for m in b.modules() if isinstance(m, torch.nn.Linear)
+    )
+    sizes = update_size(original, unlearned)
+    assert sizes["int8_codes_changed"] == pytest.approx(100 / total) and sizes["int4_codes_changed"] == 0
+    assert sizes["update_over_int8_step_p50"] == pytest.approx(0.4, abs=1e-4)  # the moved weights: 0.6 and 0.2 steps
+    assert sizes["update_over_int8_step_p99"] == pytest.approx(0.596, abs=1e-4)
+    assert update_size(original, copy.deepcopy(original)) == {}
+
+
 def test_mia_scores_on_hand_made_token_probabilities():
     logps = [math.log(0.5), math.log(0.25), math.log(0.125), math.log(0.5), math.log(0.5)]
     assert loss_score(logps) == pytest.approx(sum(logps) / 5)
@@ -119,10 +145,13 @@ def test_atu_attack_over_a_tiny_run_writes_the_robustness_table(tmp_path):
         f"run.output_dir={out}",
     )
     assert r.returncode == 0, r.stderr[-2000:]
-    r = atu("attack", str(out), "--attacks", "quant4,bnb4,relearn,incontext,rephrase,mia,probe")
+    r = atu("attack", str(out), "--attacks", "quant4,bnb4,update_size,relearn,incontext,rephrase,mia,probe")
     assert r.returncode == 0, r.stderr[-2000:]
     rows = json.loads((out / "attacks" / "attacks.json").read_text())
-    assert {r["attack"] for r in rows} == {"quant4", "bnb4", "relearn", "incontext", "rephrase", "mia", "probe"}
+    names = {"quant4", "bnb4", "update_size", "relearn", "incontext", "rephrase", "mia", "probe"}
+    assert {r["attack"] for r in rows} == names
+    sizes = {r["metric"]: r["after"] for r in rows if r["attack"] == "update_size"}
+    assert 0 < sizes["int8_codes_changed"] <= 100 and sizes["update_over_int8_step_p99"] > 0  # lr 1e-3 moved them
     assert all(r["seconds"] >= 0 for r in rows)
     mia_rows = [r for r in rows if r["attack"] == "mia"]
     assert len(mia_rows) == 3 and all(0 <= r["before"] <= 100 for r in mia_rows)

@@ -125,7 +125,9 @@ def collect(run: Run, entry: str) -> list[dict]:
     ]
     if rows:
         for a in run.attack_rows():
-            rows[-1][f"{a['attack']}: {a['metric']}"] = a["after_attack"]
+            rows[-1][f"{a['attack']}: {a['metric']}"] = (
+                a["after_attack"] if a["after_attack"] is not None else a["after"]
+            )
             if rows[0]["stage"] == "before":
                 rows[0][f"{a['attack']}: {a['metric']}"] = a["before"]
     return rows

@@ -261,6 +261,27 @@ register(
         note="held-out accuracy of a linear probe separating the target's sentences from others'",
     )
 )
+for _bits in (8, 4):
+    register(
+        Metric(
+            f"int{_bits}_codes_changed",
+            f"% weights whose int{_bits} code changed",
+            False,
+            "robustness",
+            note=f"decoder-block linear weights whose {_bits}-bit round-to-nearest code moved: the rest is undone by "
+            "quantization",
+        )
+    )
+for _q in ("p50", "p90", "p99"):
+    register(
+        Metric(
+            f"update_over_int8_step_{_q}",
+            f"|Δw| / int8 step ({_q})",
+            False,
+            "robustness",
+            note="size of the unlearning update of a moved weight in units of its original 8-bit quantization step",
+        )
+    )
 register(
     Metric(
         "mia_loss_auc",

@@ -3,6 +3,7 @@
 
   quant8, quant4  round-to-nearest weight quantization (per-group scales)      -> forget and neighbour probes
   bnb8, bnb4      bitsandbytes LLM.int8() and NF4 weights (CPU or GPU)          -> forget and neighbour probes
+  update_size     not an attack: % of weights whose 8/4-bit code the update changed, |Δw| / int8 step quantiles
   relearn         a few fine-tuning steps on half the forget QA pairs          -> the other half
   incontext       three true QA facts about the target in the prompt           -> forget QA
   rephrase        paraphrased / translated and multi-hop questions              -> the run's evaluations of them

@@ -197,10 +197,11 @@ def complete(
 
 
 def generate_corpus(
-    model, tokenizer, name: str, n: int, max_new_tokens: int, seed: int, batch_size: int = 8
+    model, tokenizer, name: str, n: int, max_new_tokens: int, seed: int, batch_size: int = 32
 ) -> list[str]:
     """RWKU's zero-shot setting: the model's own descriptions of the target, given only its name (sampled at
-    temperature 0.8, top-p 0.95; passages under 10 words are dropped)."""
+    temperature 0.8, top-p 0.95; passages under 10 words are dropped). All passages decode as one batch: on a CPU a
+    step of 24 rows costs little more than a step of 8."""
     leads = [
         f"Please write a short biography of {name}.\n{name}",
         f"{name} is",
