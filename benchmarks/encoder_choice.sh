@@ -16,7 +16,10 @@
 set -euo pipefail
 out=${OUT:-runs/encoders}
 mkdir -p "$out"
-targets=(--target Confucius --target "Paris Hilton") # the dev targets with an official forget corpus (docs/targets.md)
+# the dev targets with an official forget corpus (docs/targets.md); TARGETS=Confucius for one (finished runs are kept)
+IFS=, read -ra names <<<"${TARGETS:-Confucius,Paris Hilton}"
+targets=()
+for name in "${names[@]}"; do targets+=(--target "$name"); done
 common=(eval.mia=false eval.neighbours=false run.threads="${THREADS:-1}")
 run() {
     local name=$1

@@ -65,6 +65,7 @@ def main() -> None:
     parser.add_argument("--out", default="docs/targets.md")
     parser.add_argument("--preface", help="a Markdown file whose text goes after the opening paragraph")
     parser.add_argument("--split", action="store_true", help="also write the dev and test target sets")
+    parser.add_argument("--contended", action="store_true", help="the screen shared the machine with other jobs")
     args = parser.parse_args()
     few = json.loads(Path(args.few).read_text())
     rows = sorted(few["targets"], key=lambda r: -r["score"])
@@ -77,7 +78,8 @@ def main() -> None:
         "",
         "Measured with `atu targets --out targets.json run.threads=1` on the embedded gemma-3-270m (fp32), one CPU",
         f"thread, {len(rows)} targets, {probes} official forget FB and QA probes, {args.seconds / 60:.0f} min wall",
-        f"time (prompt: {prompt},",
+        "time" + (" (the machine's cores were shared with other jobs: an upper bound)" if args.contended else ""),
+        f"(prompt: {prompt},",
         f"scorer: {few['settings']['scorer']}, RWKU's reference ROUGE-L recall ×100). *Known* is the FB and QA means",
         "weighted by RWKU's global counts (forget-all without AA); `atu compare` counts a target as known at ≥ 15.",
         f"*Off-format* is the share of answers that are empty or off-format (`docs/evaluation.md`). {len(known)} of",

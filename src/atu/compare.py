@@ -244,6 +244,7 @@ def fronts_table(rows: list[dict], reference: str = "atu") -> report.Table:
         start = next((r for r in mine if r["stage"] == "before"), None)
         if start is None or not start.get(keep_key):
             continue
+        has_reference = any(r["method"] == reference and r["stage"] != "before" for r in mine)
         ref = front(_points([r for r in mine if r["method"] == reference], keep_key) + _points([start], keep_key))
         for method in dict.fromkeys(r["method"] for r in mine if r["stage"] != "before"):
             cells = []
@@ -266,7 +267,7 @@ def fronts_table(rows: list[dict], reference: str = "atu") -> report.Table:
                     target,
                     f"{start['forget_all']:.1f}",
                     *cells,
-                    "–" if method == reference else relation(ref, own),
+                    relation(ref, own) if method != reference and has_reference else "–",
                 ]
             )
     kept = "retain-all" if keep_key == "retain_all" else "neighbour-all"

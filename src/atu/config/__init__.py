@@ -87,9 +87,9 @@ class EvalConfig:
     )
     # The retain score: FB/QA probes of other targets the model knows (RWKU's neighbours are often unknown to a small
     # model, so "neighbours kept" alone cannot show damage). Candidates in order; the first `retain_count` that are
-    # neither the target nor named in its probes (nor name it in theirs) are used. The default list is the
-    # best-known targets of the embedded model's screen (docs/targets.md) without an official forget corpus, so that
-    # no method trains on their text; screen your own model with `atu targets` and pass its list.
+    # neither the target nor named in its probes (nor name it in theirs) are used. The default list: the six
+    # best-known targets (18-30) of the embedded model's first screen (43 targets) that have no official forget
+    # corpus, so that no method trains on their text; screen your own model with `atu targets` and pass its list.
     retain_targets: list[str] = setting(
         ["Tony Blair", "Leonardo da Vinci", "Tom Clancy", "Henry Kissinger", "Jackie Chan", "Vincent van Gogh"],
         "candidate targets for the retain score (other people the model knows)",

@@ -15,6 +15,7 @@ to the original model's (cheap: those states are the alignment cache computed be
 from __future__ import annotations
 
 import bisect
+import time
 from dataclasses import dataclass
 from typing import Optional
 
@@ -214,7 +215,10 @@ class ATU(Method):
         ctx, cfg = self.ctx, self.cfg
         enc = ctx.encoder
 
+        encoded = []  # how many windows, for the log line below
+
         def encode(texts):
+            encoded.append(len(texts))
             with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.encoder_bf16):
                 out = enc.encode(
                     texts, batch_size=ctx.encoder_batch_size, convert_to_tensor=True, show_progress_bar=False
@@ -230,9 +234,11 @@ class ATU(Method):
         if cfg.lora:  # adapters only where the unlearning forward runs: blocks below the hook layer get gradients
             ctx.model = add_lora(ctx.model, cfg, blocks=list(range(self.layer)))
         say(f"encoding {cfg.window_tokens}-token windows once for the run")
+        started = time.time()
         self.forget = make(ctx.forget_texts)
         self.retain = make(ctx.retain_texts) if ctx.retain_texts else None
         self.concept = encode([ctx.target_name])[0].to(ctx.device)
+        say(f"encoded {sum(encoded) - 1} windows in {time.time() - started:.0f} s")
         d_model = ctx.model.config.get_text_config().hidden_size
         torch.manual_seed(ctx.seed)
         # float32 (a bf16 head trains badly), float64 with a float64 model (the exactness tests)
