@@ -366,3 +366,23 @@ def test_the_capped_nucleus_keeps_exactly_the_tokens_a_full_sort_keeps():
     weights, index = nucleus(flat, 0.95)
     assert weights.shape[-1] == 5000 and kept(weights, index) == full_sort(flat, 0.95)
     assert (weights > 0).sum(-1).min() > NUCLEUS_CAP
+
+
+def test_few_shot_answers_end_at_their_first_line_and_saved_ones_can_be_cut_when_rescored():
+    from atu.evaluate.rwku import first_line, rescore
+
+    assert first_line("1970\n\nPlease complete the blank in the following question.") == "1970"
+    assert first_line("\n\n Omaha, Nebraska \nQuestion: where?") == "Omaha, Nebraska"  # after the answer starts
+    assert first_line("") == "" and first_line("\n\n") == ""
+    saved = [
+        {
+            "set": "forget_fb",
+            "query": "The philosophy of Confucius is collected in ___.",
+            "answer": "the Analects",
+            "prediction": "Lunyu\n\nPlease complete the blank in the following question.",
+        }
+    ]
+    uncut, _ = rescore(saved, "rwku")
+    cut, records = rescore(saved, "rwku", cut=True)
+    assert uncut["forget_fb"] == 50.0  # "the" of the next example's instruction matched the reference
+    assert cut["forget_fb"] == 0.0 and records[0]["prediction"] == "Lunyu"

@@ -126,6 +126,8 @@ def evaluate_target(
     prompts = [build_prompt(p, tokenizer, system, shots) for _, p in flat]
     with progress(len(prompts)) as bar:
         preds = complete(model, tokenizer, prompts, max_new_tokens, batch_size, progress=bar.update)
+    if shots:  # the few-shot prompt's answer ends at the first newline after it starts (see first_line)
+        preds = [first_line(p) for p in preds]
     records = [
         {
             "set": name,
@@ -141,6 +143,14 @@ def evaluate_target(
     for r in records:
         r["answer_type"] = answer_type(r["prediction"], r["query"], r["score"])
     return summarize(records), records
+
+
+def first_line(answer: str) -> str:
+    """The few-shot prompt's answer: up to the first newline after the answer starts. RWKU's stop tokens are the
+    single "\n" and " \n" tokens; Gemma's tokenizer also has multi-newline tokens ("\n\n"), after which a base
+    model asked few-shot writes the next example ("Please complete the blank ..."), whose words would otherwise be
+    scored as part of the answer. RWKU's zero-shot prompt keeps the reference's token-level stop exactly."""
+    return answer.strip().split("\n", 1)[0].strip()
 
 
 def summarize(records: list[dict]) -> dict:
@@ -163,8 +173,11 @@ def summarize(records: list[dict]) -> dict:
     return out | {"n_probes": len(records)}
 
 
-def rescore(records: list[dict], scorer: str) -> tuple[dict, list[dict]]:
-    """Saved predictions scored again under another scorer (the predictions stay as they are)."""
+def rescore(records: list[dict], scorer: str, cut: bool = False) -> tuple[dict, list[dict]]:
+    """Saved predictions scored again under another scorer (the predictions stay as they are; `cut`: first, cut each at
+    its first line, as the few-shot prompt now does, for predictions saved before it did)."""
+    if cut:
+        records = [r | {"prediction": first_line(r["prediction"])} for r in records]
     records = [r | {"score": score(r["prediction"], r["answer"], scorer)} for r in records]
     for r in records:
         r["answer_type"] = answer_type(r["prediction"], r["query"], r["score"])
