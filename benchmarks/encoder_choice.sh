@@ -5,9 +5,9 @@
 #   minilm-absolute  today's defaults (τ = 0.4, 0.3 as cosines)
 #   minilm-quantile  adaptive: τ = the 50% and 25% quantiles of the forget corpus' similarity after alignment
 #   mpnet-quantile   the same adaptive rule with MPNet
-#   mpnet-paper      the paper's absolute τ from 0.5 down (0.5, 0.4, 0.3, 0.2), 12 steps each (about the same 50
-#                    unlearning steps as the others); its stages 0.9 ... 0.6 lie above the similarity of almost every
-#                    forget position (see mpnet-quantile's thresholds), so they would train on nothing
+#   mpnet-paper      the paper's absolute τ from 0.5 down (0.5, 0.4, 0.3, 0.2: four of its ten stages, 12 steps
+#                    each, to keep about the 50 unlearning steps of the others); whether its stages 0.9 ... 0.6 would
+#                    move anything is read from mpnet-quantile's logged similarity (forget_sim_mean, quantiles)
 # Each configuration's peak memory and wall time go to runs/encoders/<name>.time (GNU time -v); the side-by-side
 # table from benchmarks/encoder_table.py (also benchmarks/results/encoder_choice-cpu-embedded.json). MIA and the
 # neighbour probes are off (the embedded model barely knows the neighbours; retain-all is what must survive).

@@ -283,13 +283,16 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_pat
 
 
 def _limit_file_size():
-    resource.setrlimit(resource.RLIMIT_FSIZE, (4_000_000, 4_000_000))  # a 4 MB "disk": the 67 MB model cannot fit
+    # a 1.3 MB "disk": the checkpoints (block 0, a 32-wide head and their Adam states: ~1 MB) fit, the 1.65 MB
+    # model cannot
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1_300_000, 1_300_000))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write then fails with EFBIG instead of killing the process
 
 
 def test_disk_full_while_saving_is_one_line_and_leaves_no_half_written_model(tmp_path):
     out = tmp_path / "run"
-    r = atu("unlearn", *TINY, f"run.output_dir={out}", preexec_fn=_limit_file_size)
+    small = ["method.hook_layer=1", "method.head_width=32"]  # a checkpoint well below the model's size
+    r = atu("unlearn", *TINY, *small, f"run.output_dir={out}", preexec_fn=_limit_file_size)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     errors = [line for line in r.stderr.splitlines() if line.startswith("atu: error:")]
     assert len(errors) == 1 and f"cannot write to the run folder {out}: File too large" in errors[0]
