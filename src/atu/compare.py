@@ -213,9 +213,6 @@ def answers_table(rows: list[dict]) -> report.Table:
 KEEP = (0.9, 0.8)  # "keeps ≥ 90% (80%) of the retain score": the matched-forgetting table's columns
 
 
-front = report.pareto_front
-
-
 def dominates(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> bool:
     """Every point of front b is matched or beaten on both axes by some point of front a."""
     return all(any(fa <= fb and ka >= kb for fa, ka in a) for fb, kb in b)
@@ -245,7 +242,9 @@ def fronts_table(rows: list[dict], reference: str = "atu") -> report.Table:
         if start is None or not start.get(keep_key):
             continue
         has_reference = any(r["method"] == reference and r["stage"] != "before" for r in mine)
-        ref = front(_points([r for r in mine if r["method"] == reference], keep_key) + _points([start], keep_key))
+        ref = report.pareto_front(
+            _points([r for r in mine if r["method"] == reference], keep_key) + _points([start], keep_key)
+        )
         for method in dict.fromkeys(r["method"] for r in mine if r["stage"] != "before"):
             cells = []
             for share in KEEP:
@@ -260,7 +259,9 @@ def fronts_table(rows: list[dict], reference: str = "atu") -> report.Table:
                     best.append(min(ok, key=lambda r: r["forget_all"]))
                 where = ", ".join(str(b["stage"]) for b in best)
                 cells.append(f"{statistics.fmean(b['forget_all'] for b in best):.1f} ({where})")
-            own = front(_points([r for r in mine if r["method"] == method], keep_key) + _points([start], keep_key))
+            own = report.pareto_front(
+                _points([r for r in mine if r["method"] == method], keep_key) + _points([start], keep_key)
+            )
             body.append(
                 [
                     method,

@@ -92,13 +92,14 @@ def update_size(original, unlearned, group_size: int = 128, sample: int = 1_000_
         if not isinstance(a, nn.Linear):
             continue
         w0, w1 = a.weight.float(), b.weight.float().to(a.weight.device)
+        scales = {}
         for bits in changed:
-            changed[bits] += int((rtn_codes(w0, bits, group_size)[0] != rtn_codes(w1, bits, group_size)[0]).sum())
+            q0, scales[bits] = rtn_codes(w0, bits, group_size)
+            changed[bits] += int((q0 != rtn_codes(w1, bits, group_size)[0]).sum())
         total += w0.numel()
         moved = w1 != w0
         if moved.any():
-            _, scale = rtn_codes(w0, 8, group_size)
-            step = scale.expand(-1, -1, w0.shape[1] // scale.shape[1]).reshape(w0.shape)
+            step = scales[8].expand(-1, -1, w0.shape[1] // scales[8].shape[1]).reshape(w0.shape)
             ratios.append(((w1 - w0).abs() / step)[moved])
     if not ratios:
         return {}

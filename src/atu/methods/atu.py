@@ -237,8 +237,8 @@ class ATU(Method):
         started = time.time()
         self.forget = make(ctx.forget_texts)
         self.retain = make(ctx.retain_texts) if ctx.retain_texts else None
+        say(f"encoded {sum(encoded)} windows in {time.time() - started:.0f} s")
         self.concept = encode([ctx.target_name])[0].to(ctx.device)
-        say(f"encoded {sum(encoded) - 1} windows in {time.time() - started:.0f} s")
         d_model = ctx.model.config.get_text_config().hidden_size
         torch.manual_seed(ctx.seed)
         # float32 (a bf16 head trains badly), float64 with a float64 model (the exactness tests)
