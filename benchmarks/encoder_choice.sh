@@ -20,10 +20,13 @@ mkdir -p "$out"
 IFS=, read -ra names <<<"${TARGETS:-Confucius,Paris Hilton}"
 targets=()
 for name in "${names[@]}"; do targets+=(--target "$name"); done
+# CONFIGS=mpnet-quantile,mpnet-paper runs only those (default: all four)
+want=",${CONFIGS:-minilm-absolute,mpnet-quantile,minilm-quantile,mpnet-paper},"
 common=(eval.mia=false eval.neighbours=false run.threads="${THREADS:-1}")
 run() {
     local name=$1
     shift
+    [[ $want == *",$name,"* ]] || return 0
     /usr/bin/time -v -o "$out/$name.time" atu compare --methods atu "${targets[@]}" --out "$out/$name" "${common[@]}" "$@"
 }
 run minilm-absolute

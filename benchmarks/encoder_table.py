@@ -64,6 +64,11 @@ def main() -> None:
                     **timing,
                 }
             )
+    path = result_path("encoder_choice", torch.device("cpu"), "embedded")
+    # configurations measured in earlier sessions (run folders since deleted) stay unless re-measured here
+    fresh = {(r["config"], r["target"]) for r in rows}
+    earlier = json.loads(path.read_text())["rows"] if path.exists() else []
+    rows = [r for r in earlier if (r["config"], r["target"]) not in fresh] + rows
     head = "| configuration | target | forget-all | retain-all | τ used | align s/step | run s |"
     print(head + "\n|" + "---|" * 7)
     for r in rows:
@@ -77,7 +82,6 @@ def main() -> None:
         )
     memory = {r["config"]: r["peak_rss_gib"] for r in rows}
     print("\npeak memory (GiB, whole comparison):", memory)
-    path = result_path("encoder_choice", torch.device("cpu"), "embedded")
     path.write_text(json.dumps({"benchmark": "encoder_choice", "rows": rows}, indent=1))
     print(f"wrote {path}")
 

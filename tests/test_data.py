@@ -179,6 +179,23 @@ def test_target_sets_expand_to_the_reference_s_groups():
     assert datalib.expand_targets(["Bruce Lee", "celebs-1"])[0] == "Bruce Lee"  # names pass, no duplicates
 
 
+def test_dev_and_test_targets_follow_their_rule_on_the_committed_screen():
+    """docs/targets.md's rule (known targets by RWKU id, alternating dev/test) applied to the committed 200-target
+    screen gives exactly the shipped `dev` and `test` sets: no target was moved by hand."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("targets_md", ROOT / "tools" / "targets_md.py")
+    targets_md = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(targets_md)
+    rows = json.loads((ROOT / "benchmarks" / "results" / "targets-fewshot.json").read_text())["targets"]
+    assert len({r["target"] for r in rows}) == 200
+    dev, test = targets_md.split(rows)
+    assert datalib.expand_targets(["dev"]) == dev and datalib.expand_targets(["test"]) == test
+    assert not set(dev) & set(test) and len(test) >= 6
+    known = {r["target"] for r in rows if r["score"] >= targets_md.KNOWN}
+    assert set(dev) | set(test) == known
+
+
 def test_retain_targets_skip_the_target_itself_and_people_its_probes_name():
     king = datalib.load_target("Stephen King")
     candidates = ["Stephen King", "Drew Barrymore", "Tony Blair", "Linda Hamilton", "Tom Clancy", "Confucius"]
