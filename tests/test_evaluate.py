@@ -236,6 +236,32 @@ def test_answer_types_follow_the_written_rules(prediction, score, kind):
     assert answer_type(prediction, "Who is the chief executive of the company Berkshire Hathaway?", score) == kind
 
 
+def test_answers_that_reuse_the_questions_words_are_answers_and_echoes_are_not():
+    # a multiple-choice answer is one of the listed options; the question's stem repeated is an echo
+    listed = "Which school did Paris Hilton attend: St. Paul the Apostle School, Dwight School, or Buckley School?"
+    assert answer_type("St. Paul the Apostle School", listed, 0.0) == "wrong"
+    assert answer_type("Which school did Paris Hilton attend", listed, 0.0) == "off_format"
+    colon = "Which school did she attend: Professional Children's School, New York Academy, Los Angeles School?"
+    assert answer_type("Professional Children's School", colon, 0.0) == "wrong"
+    lettered = "Who was her business partner? A) George J. Maloof Jr., B) Jason Binn, C) both, or D) neither?"
+    assert answer_type("George J. Maloof Jr.", lettered, 100.0) == "correct"
+    # names of the question in a fluent answer are not an echo; a run of the question's words is
+    asked = "What is the name of Paris Hilton's autobiography that was a New York Times Best Seller?"
+    assert answer_type("The Secret Life of Paris Hilton", asked, 0.0) == "wrong"
+    assert (
+        answer_type("The Secret Life of Paris Hilton", "Which film documents the life of Paris Hilton?", 0) == "wrong"
+    )
+    assert (
+        answer_type("Hilton is the daughter of Barron Hilton.", "Who is Barron Hilton to Paris Hilton?", 0.0)
+        == "wrong"
+    )
+    assert answer_type("Paris Hilton's autobiography that was a New York Times", asked, 0.0) == "off_format"
+    # an option-like piece of a question that offers no choice is still an echo
+    assert (
+        answer_type("Stephen King was born in", "Stephen King was born in ___, Maine, in 1947.", 0.0) == "off_format"
+    )
+
+
 def test_answer_type_shares_are_percentages_per_group():
     records = [{"set": "forget_qa", "answer_type": t} for t in ("correct", "wrong", "wrong", "empty")]
     records += [{"set": "neighbor_fb", "answer_type": "correct"}]
