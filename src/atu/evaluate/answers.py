@@ -13,6 +13,7 @@ Each scored answer gets one type, by the first rule that holds (docs/evaluation.
 from __future__ import annotations
 
 import re
+from difflib import SequenceMatcher
 
 TYPES = ("correct", "wrong", "refusal", "off_format", "empty")
 CORRECT = 50.0  # half the reference answer's words, in order: "Berkshire" for "Berkshire Hathaway" counts
@@ -38,10 +39,7 @@ def _copies(prediction: str, query: str) -> bool:
     p, q = _words(prediction), _words(query.replace("___", " "))
     if len(p) < 4 or p in _options(query):
         return False
-    longest, run = 0, [0] * (len(q) + 1)  # longest common run of words (dynamic programming, one row)
-    for u in p:
-        run = [0] + [run[j] + 1 if u == v else 0 for j, v in enumerate(q)]
-        longest = max(longest, *run)
+    longest = SequenceMatcher(None, p, q, autojunk=False).find_longest_match().size  # the longest run of words
     return longest >= 4 and longest >= 0.75 * len(p)
 
 
