@@ -12,6 +12,7 @@ from atu.attacks.incontext import with_context
 from atu.attacks.probe import fit_and_score, split
 from atu.attacks.quantize import quantize_model, quantize_rtn, update_size
 from atu.attacks.relearn import split_probes
+from atu.attacks.rephrase import paired_scores
 from atu.data import Probe
 from atu.evaluate.mia import auc, loss_score, min_k_score, zlib_score
 from test_cli import TINY, atu
@@ -123,6 +124,35 @@ def test_incontext_prompts_hold_other_facts_never_the_asked_answer():
         assert f"Answer: {p.answer}\n" not in q.query and q.type == "incontext learning"
 
 
+def test_rephrase_attack_compares_each_paraphrase_with_its_own_original():
+    """Only pairs evaluated on both sides count; the originals give before/after, the paraphrases the attack."""
+    para = [
+        Probe("Reworded one?", "a", "2", "paraphrase", "X", original="Original ___ one."),
+        Probe("Reworded two?", "b", "2", "paraphrase", "X", original="Original two?"),
+        Probe("Reworded three?", "c", "2", "paraphrase", "X", original="Never evaluated?"),
+    ]
+
+    def records(orig_one, orig_two, para_one, para_two, para_three):
+        return [
+            {"set": "forget_fb", "query": "Original ___ one.", "score": orig_one},
+            {"set": "forget_qa", "query": "Original two?", "score": orig_two},
+            {"set": "neighbor_qa", "query": "Never evaluated?", "score": 100.0},  # not a forget probe: no pair
+            {"set": "rephrase", "query": "Reworded one?", "score": para_one},
+            {"set": "rephrase", "query": "Reworded two?", "score": para_two},
+            {"set": "rephrase", "query": "Reworded three?", "score": para_three},
+        ]
+
+    got = paired_scores(para, records(100, 50, 80, 40, 90), records(0, 10, 60, 20, 90))
+    assert got == {
+        "original_before": 75,
+        "original_after": 5,
+        "paraphrase_before": 60,
+        "paraphrase_after": 40,
+        "pairs": 2,
+    }
+    assert paired_scores(para, records(100, 50, 80, 40, 90)[:2], records(0, 10, 60, 20, 90)) is None
+
+
 def test_probe_is_scored_on_held_out_sentences():
     pos, neg = [f"pos {i}" for i in range(40)], [f"neg {i}" for i in range(60)]
     train, test = split(pos, neg, seed=0)
@@ -153,6 +183,14 @@ def test_atu_attack_over_a_tiny_run_writes_the_robustness_table(tmp_path):
     sizes = {r["metric"]: r["after"] for r in rows if r["attack"] == "update_size"}
     assert 0 < sizes["int8_codes_changed"] <= 100 and sizes["update_over_int8_step_p99"] > 0  # lr 1e-3 moved them
     assert all(r["seconds"] >= 0 for r in rows)
+    relearned = [r for r in rows if r["attack"] == "relearn"]  # one row per learning rate, then the worst of them
+    assert [r["metric"] for r in relearned] == [
+        "forget_qa, lr 1e-06",
+        "forget_qa, lr 1e-05",
+        "forget_qa, lr 0.0001",
+    ] + ["forget_qa, worst lr"]
+    assert all("original model after the same fine-tuning" in r["note"] for r in relearned)
+    assert relearned[-1]["after_attack"] in [r["after_attack"] for r in relearned[:3]]
     mia_rows = [r for r in rows if r["attack"] == "mia"]
     assert len(mia_rows) == 3 and all(0 <= r["before"] <= 100 for r in mia_rows)
     assert "| quant4 | Forget all ↓ |" in (out / "attacks" / "attacks.md").read_text()

@@ -60,6 +60,16 @@ def test_paraphrase_sets_reword_official_probes_without_copying_them(folder):
     assert result.returncode == 0 and "OK" in result.stdout, result.stdout[-2000:]
 
 
+def test_every_dev_and_test_target_has_a_paraphrase_set_covering_its_official_probes():
+    """The rephrase attack runs on every target a comparison reports or tunes on; each distinct official FB/QA probe
+    has a paraphrase, but for the few whose answer cannot be left out of any rewording (at most one per target)."""
+    for name in datalib.expand_targets(["dev", "test"]):
+        target = datalib.load_target(name)
+        originals = {p.original for p in target.probes.get("rephrase", [])}
+        official = {p.query for key in ("forget_fb", "forget_qa") for p in target.probes[key]}
+        assert originals <= official and len(official - originals) <= 1, (name, sorted(official - originals))
+
+
 def test_the_paraphrase_check_flags_near_copies_and_given_away_answers(tmp_path):
     folder = tmp_path / "4_Warren_Buffett"
     folder.mkdir()

@@ -49,6 +49,12 @@ def label(key: str) -> str:
     return REGISTRY[key].column if key in REGISTRY else key
 
 
+def recovered(attack_row: dict) -> float | None:
+    """The share of the forgotten score (before − after) an attack brings back; None where nothing was forgotten."""
+    b, a, x = attack_row["before"], attack_row["after"], attack_row["after_attack"]
+    return None if None in (b, a, x) or b - a <= 1e-9 else (x - a) / (b - a)
+
+
 def of_kind(kind: str) -> list[Metric]:
     return [m for m in REGISTRY.values() if m.kind == kind]
 

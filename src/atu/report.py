@@ -140,9 +140,8 @@ def attack_table(rows: list[dict]) -> Table:
     out = []
     for r in rows:
         b, a, x = r["before"], r["after"], r["after_attack"]
-        # share of the forgotten score that the attack brings back (forget metrics only)
-        forget = r["metric"].startswith(("forget", "rephrase", "multihop"))
-        rec = f"{100 * (x - a) / (b - a):.0f}%" if forget and None not in (b, a, x) and abs(b - a) > 1e-9 else "–"
+        share = metrics.recovered(r) if r["metric"].startswith(("forget", "rephrase", "multihop")) else None
+        rec = "–" if share is None else f"{100 * share:.0f}%"
         out.append(
             [r["attack"], metrics.label(r["metric"]), fmt(b), fmt(a), fmt(x), rec, str(r["seconds"]), r["note"]]
         )

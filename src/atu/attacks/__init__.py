@@ -6,7 +6,7 @@
   update_size     not an attack: % of weights whose 8/4-bit code the update changed, |Δw| / int8 step quantiles
   relearn         a few fine-tuning steps on half the forget QA pairs          -> the other half
   incontext       three true QA facts about the target in the prompt           -> forget QA
-  rephrase        paraphrased / translated and multi-hop questions              -> the run's evaluations of them
+  rephrase        the forget FB/QA questions reworded (same answers)             -> their originals after unlearning
   probe           logistic-regression probe on hook-layer states (target vs other people's sentences): accuracy
   mia             membership inference AUC, forget_mia vs retain_mia texts (loss, zlib, min-k%)
 

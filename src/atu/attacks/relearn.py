@@ -11,6 +11,7 @@ import torch
 from ..errors import AtuError
 from ..evaluate.rwku import build_prompt
 from ..methods.common import mean_nll, prompt_answer_sequences
+from ..metrics import recovered
 from .base import Attack, AttackContext, mean_score, register, row
 
 
@@ -45,25 +46,42 @@ def relearn(
     return losses
 
 
+# The relearning literature's protocol: the attacker's learning rate is unknown, so several are tried and the worst
+# case counts; each is also applied to the original model, whose relearned score is what "recovered" is measured
+# against (fine-tuning on half the facts can lift the other half above where the original model started).
+LEARNING_RATES = (1e-6, 1e-5, 1e-4)
+
+
 @register("relearn")
 class Relearn(Attack):
     def run(self, ctx: AttackContext) -> list[dict]:
         train, held = split_probes(ctx.target.probes.get("forget_qa", []), ctx.cfg.run.seed)
         if not held:
             raise AtuError(f"{ctx.target.name} has no forget QA probes to relearn from")
-        attacked = copy.deepcopy(ctx.model)
-        losses = relearn(attacked, ctx.tokenizer, train, seed=ctx.cfg.run.seed)
-        scores = ctx.score(attacked, {"forget_qa": held})
         held_q = {p.query for p in held}
         pick = lambda r: r["set"] == "forget_qa" and r["query"] in held_q
-        note = f"held-out half; {len(train)} QA pairs, {len(losses)} steps, loss {losses[0]:.2f}→{losses[-1]:.2f}"
-        return [
-            row(
-                self.name,
-                "forget_qa",
-                mean_score(ctx.predictions_before, pick),
-                mean_score(ctx.predictions_after, pick),
-                scores.get("forget_qa"),
-                note,
+        before, after = mean_score(ctx.predictions_before, pick), mean_score(ctx.predictions_after, pick)
+        rows, worst = [], None
+        for lr in LEARNING_RATES:
+            relearned = {}
+            for name, model, system in (("unlearned", ctx.model, "run's"), ("original", ctx.original(), None)):
+                attacked = copy.deepcopy(model)
+                losses = relearn(attacked, ctx.tokenizer, train, lr=lr, seed=ctx.cfg.run.seed)
+                relearned[name] = ctx.score(attacked, {"forget_qa": held}, system).get("forget_qa")
+                del attacked
+            note = (
+                f"held-out half, {len(train)} QA pairs, {len(losses)} steps at lr {lr:g}; 'before' is the original "
+                f"model after the same fine-tuning ({_fmt(before)} without it)"
             )
-        ]
+            rows.append(
+                row(self.name, f"forget_qa, lr {lr:g}", relearned["original"], after, relearned["unlearned"], note)
+            )
+            share = recovered(rows[-1])
+            if worst is None or (share is not None and (recovered(worst) is None or share > recovered(worst))):
+                worst = rows[-1]
+        rows.append({**worst, "metric": "forget_qa, worst lr"})
+        return rows
+
+
+def _fmt(value) -> str:
+    return "–" if value is None else f"{value:.1f}"
