@@ -14,6 +14,7 @@ from atu.attacks.quantize import quantize_model, quantize_rtn, update_size
 from atu.attacks.relearn import split_probes
 from atu.attacks.rephrase import paired_scores
 from atu.data import Probe
+from atu.runs import Run
 from atu.evaluate.mia import auc, loss_score, min_k_score, zlib_score
 from test_cli import TINY, atu
 
@@ -172,9 +173,17 @@ def test_atu_attack_over_a_tiny_run_writes_the_robustness_table(tmp_path):
         *[a for a in TINY if not a.startswith("target=")],
         "target=Warren Buffett",
         "eval.max_probes_per_file=4",
+        "eval.save_points=true",
         f"run.output_dir={out}",
     )
     assert r.returncode == 0, r.stderr[-2000:]
+    point = out / "points" / "unlearn1"  # every evaluation but the last keeps its model, as a run folder of its own
+    assert (point / "model" / "config.json").exists() and (point / "head.json").exists()
+    assert [e["stage"] for e in map(json.loads, (point / "metrics.jsonl").read_text().splitlines())] == [
+        "before",
+        "unlearn1",
+    ]
+    assert not (out / "points" / "unlearn2").exists()  # the last evaluation's model is the run's own
     r = atu("attack", str(out), "--attacks", "quant4,bnb4,update_size,relearn,incontext,rephrase,mia,probe")
     assert r.returncode == 0, r.stderr[-2000:]
     rows = json.loads((out / "attacks" / "attacks.json").read_text())
@@ -203,6 +212,16 @@ def test_atu_attack_over_a_tiny_run_writes_the_robustness_table(tmp_path):
     assert sum(x["attack"] == "incontext" for x in again) == 1 and sum(x["attack"] == "quant8" for x in again) == 2
     bad = atu("attack", str(out), "--attacks", "quant3")
     assert bad.returncode == 2 and "unknown attack 'quant3'" in bad.stderr
+    # two runs at matched forgetting: each attacked at its evaluation closest to the deepest level both reach
+    side = tmp_path / "matched.md"
+    r = atu("attack", str(out), str(point), "--attacks", "rephrase", "--out", str(side))
+    assert r.returncode == 0, r.stderr[-2000:]
+    fronts = [[e["forget_all"] for e in Run(f).evals() if e["stage"] != "before"] for f in (out, point)]
+    level = max(min(front) for front in fronts)
+    assert f"forget-all <= {level:g}" in side.read_text() and f"| {out} | {point} |" in side.read_text()
+    assert "| rephrase | Rephrase ↓ |" in side.read_text() and (point / "attacks" / "attacks.json").exists()
+    low = atu("attack", str(out), "--at-forget", "-1", "--attacks", "rephrase")
+    assert low.returncode == 2 and "never reaches forget-all <= -1" in low.stderr and "Traceback" not in low.stderr
 
 
 def test_attack_on_a_folder_that_is_not_a_run_says_so(tmp_path):

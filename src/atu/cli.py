@@ -27,6 +27,9 @@ atu: make a language model forget a concept, and measure that it is gone.
                                        rank targets by how much the model knows (resumes from --out)
   atu attack RUN_DIR [--attacks quant8,quant4,bnb8,bnb4,relearn,incontext,rephrase,probe,mia] [key=value ...]
                                        is it gone or hidden? robustness table in RUN_DIR/attacks/
+  atu attack RUN_A RUN_B [--at-forget X] [--out FILE]
+                                       both attacked where their fronts reach the same forget-all (the deepest
+                                       both reach, or X; earlier points need eval.save_points=true), side by side
   atu compare --methods atu,ga,npo,... [--target NAME ...] [--seeds N] [--out DIR] [--attacks quant4,...]
               [key=value ...] [ga:method.lr=1e-5 ...]
                                        several methods, same target/model/data/evaluation: table + trade-off plot
@@ -218,23 +221,48 @@ def targets(rest) -> int:
 
 
 def attack(rest) -> int:
-    from .attacks import default_attacks, run_attacks
+    from .attacks import default_attacks, matched_level, point_at_forget, run_attacks
     from .config import from_run
     from .console import say
-    from .report import attack_table
-    from .runs import Run
+    from .report import attack_table, matched_attack_table
+    from .runs import Run, write_text
 
-    args, overrides = _split(rest, {"--attacks": True})
-    if args.help or not overrides or "=" in overrides[0]:
+    args, rest = _split(rest, {"--attacks": True, "--at-forget": True, "--out": True})
+    folders = [Run(a).require() for a in rest if "=" not in a]
+    overrides = [a for a in rest if "=" in a]
+    if args.help or not folders:
         if not args.help:
             raise AtuError("atu attack needs a finished run folder: atu attack runs/<run> [--attacks quant4,relearn]")
         return _help()
-    run = Run(overrides[0]).require()
-    cfg = from_run(run, overrides[1:])  # the run's model, data and evaluation; the command line may change them
-    rows = run_attacks(run, _names(args.attacks) or default_attacks(), cfg)
-    print(attack_table(rows).markdown())
-    say(f"robustness table: {run / 'attacks' / 'attacks.md'}")
+    names = _names(args.attacks) or default_attacks()
+    # two runs or --at-forget: attack each where its front reaches the same forget-all
+    level = _number(args.at_forget, "--at-forget") if args.at_forget else None
+    if level is None and len(folders) > 1:
+        level = matched_level(folders)
+    results = {}
+    for run in folders:
+        target, point = point_at_forget(run, level) if level is not None else (run, None)
+        if point is not None:
+            say(f"{run}: attacking {point['stage']} (forget-all {point['forget_all']:.1f} <= {level:g}) in {target}")
+        cfg = from_run(target, overrides)  # the run's model, data and evaluation; the command line may change them
+        rows = run_attacks(target, names, cfg)
+        print(attack_table(rows).markdown())
+        say(f"robustness table: {target / 'attacks' / 'attacks.md'}")
+        results[str(run)] = (point or target.evals()[-1], [r for r in rows if r["attack"] in names])
+    if len(folders) > 1:
+        table = matched_attack_table(results).markdown()
+        print(f"\nAt matched forgetting (forget-all <= {level:g}):\n{table}")
+        if args.out:
+            write_text(Path(args.out), f"At matched forgetting (forget-all <= {level:g})\n\n{table}\n")
+            say(f"side-by-side table: {args.out}")
     return 0
+
+
+def _number(text: str, flag: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise AtuError(f"{flag} takes a number (a forget-all score, e.g. {flag} 5), not {text!r}") from None
 
 
 def compare(rest) -> int:

@@ -385,6 +385,24 @@ class Job:
         self.record(row)
         self.run_folder.write_predictions(stage, records)
         say(eval_line(row))
+        if self.cfg.eval.save_points and stage not in ("before", self.last_evaluated):
+            self.save_point(stage)
+
+    def save_point(self, stage: str) -> None:
+        """eval.save_points: the model as this evaluation saw it, in a run folder of its own (RUN/points/<stage>/)
+        whose last evaluation is this one, so `atu attack` treats it as a finished run."""
+        point = Run(self.run_folder.path / runs.POINTS / stage)
+        if self.main:
+            point.create(overwrite=True)
+            point.write_config(self.cfg)
+            point.write_info({**self.info, "status": "done", "point_of": str(self.run_folder), "stage": stage})
+            log = point.metrics_log()
+            for row in self.history:
+                log.append({"event": "eval", **row})
+            log.close()
+            for name in ("before", stage):
+                point.write_predictions(name, self.run_folder.predictions(name))
+        self.save_results(point)
 
     def evaluate_point(self, stage, step: int, info: dict) -> None:
         """An evaluation inside an unlearning stage (eval.every): a point on the run's trade-off front."""
@@ -442,8 +460,9 @@ class Job:
         if self.main and os.environ.get(KILL_AT) == f"{position['stage']}:{position['step']}":
             os.kill(os.getpid(), signal.SIGKILL)  # a deterministic "kill -9" (the launcher then ends the others)
 
-    def save_results(self) -> None:
-        self.method.save(self.run_folder)
+    def save_results(self, folder: Run | None = None) -> None:
+        folder = folder or self.run_folder
+        self.method.save(folder)
         to_save = self.method.model_to_save()
         if self.cfg.run.save_model and to_save is not None:
             sharded = is_sharded(self.model)
@@ -451,8 +470,8 @@ class Job:
                 {k: full(v) for k, v in to_save.state_dict().items()} if sharded else None
             )  # every process gathers
             if self.main:
-                say("saving the unlearned model (safetensors)")
-                self.run_folder.save_model(to_save, self.tok, weights)
+                say(f"saving the unlearned model (safetensors) in {folder.model_dir}")
+                folder.save_model(to_save, self.tok, weights)
 
     def finish(self) -> Path:
         self.info.update(status="done", seconds=round(time.time() - self.started, 1), notes=self.notes)

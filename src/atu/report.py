@@ -152,6 +152,26 @@ def attack_table(rows: list[dict]) -> Table:
     )
 
 
+def matched_attack_table(results: dict[str, tuple[dict, list[dict]]]) -> Table:
+    """Several runs attacked at matched forgetting, side by side: per attack row, each run's score after unlearning ->
+    after the attack (recovered). `results`: run label -> (the evaluation attacked, its attack rows)."""
+    keys = list(dict.fromkeys((r["attack"], r["metric"]) for _, rows in results.values() for r in rows))
+    out = [["point attacked", "forget-all"] + [f"{e['stage']}: {fmt(e['forget_all'])}" for e, _ in results.values()]]
+    for attack, metric in keys:
+        cells = []
+        for _, rows in results.values():
+            r = next((r for r in rows if (r["attack"], r["metric"]) == (attack, metric)), None)
+            share = metrics.recovered(r) if r is not None and r["metric"].startswith(("forget", "rephrase")) else None
+            cells.append(
+                "–"
+                if r is None
+                else f"{fmt(r['after'])} → {fmt(r['after_attack'])}"
+                + ("" if share is None else f" ({100 * share:.0f}%)")
+            )
+        out.append([attack, metrics.label(metric)] + cells)
+    return Table(["Attack", "Metric"] + list(results), out, [False, False] + [True] * len(results))
+
+
 def compare_table(rows: list[dict], columns: list[str]) -> Table:
     """One row per method and target (and the means): the score columns, time, size, then any attack columns."""
     extra = list(dict.fromkeys(k for r in rows for k in r if ": " in k))  # "quant4: forget_all", when attacks ran

@@ -33,6 +33,7 @@ MODEL = "model"  # the unlearned model, a plain Hugging Face folder
 ADAPTER = "adapter"  # the LoRA adapter, when the method trained one
 CHECKPOINTS = "checkpoints"  # the last complete checkpoint, while running
 ATTACKS = "attacks"  # attacks.json + attacks.md
+POINTS = "points"  # <stage>/: the model at an evaluation point, a run folder of its own (eval.save_points)
 FORGET_CORPUS = "forget_corpus.json"  # a corpus the run generated for itself
 REPORT = ("report.md", "report.html")
 MANIFEST = ".manifest.json"  # an unpacked archive's members and sizes

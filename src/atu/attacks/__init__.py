@@ -4,9 +4,9 @@
   quant8, quant4  round-to-nearest weight quantization (per-group scales)      -> forget and neighbour probes
   bnb8, bnb4      bitsandbytes LLM.int8() and NF4 weights (CPU or GPU)          -> forget and neighbour probes
   update_size     not an attack: % of weights whose 8/4-bit code the update changed, |Δw| / int8 step quantiles
-  relearn         a few fine-tuning steps on half the forget QA pairs          -> the other half
+  relearn         fine-tuning on half the forget QA pairs, 3 learning rates    -> the other half, vs the original
   incontext       three true QA facts about the target in the prompt           -> forget QA
-  rephrase        the forget FB/QA questions reworded (same answers)             -> their originals after unlearning
+  rephrase        the forget FB/QA questions reworded (same answers)           -> vs their originals after unlearning
   probe           logistic-regression probe on hook-layer states (target vs other people's sentences): accuracy
   mia             membership inference AUC, forget_mia vs retain_mia texts (loss, zlib, min-k%)
 
@@ -24,7 +24,7 @@ from ..console import say
 from ..errors import AtuError, did_you_mean
 from ..models import load_lm, pick_device
 from ..pipeline import load_run_model
-from ..runs import Run
+from ..runs import POINTS, Run
 from .base import ATTACKS, AttackContext
 
 
@@ -58,6 +58,41 @@ def check_names(names: list[str]) -> None:
         )
     for name in names:
         ATTACKS[name].check()
+
+
+def matched_level(folders: list[Run]) -> float:
+    """The deepest forgetting every run reaches: the largest of the runs' lowest forget-all."""
+    return max(min(e["forget_all"] for e in front(run)) for run in folders)
+
+
+def front(run: Run) -> list[dict]:
+    """The run's evaluations after unlearning began, in training order, that have a forget-all."""
+    points = [e for e in run.evals() if e["stage"] != "before" and e.get("forget_all") is not None]
+    if not points:
+        raise AtuError(f"{run} has no forget-all evaluated after unlearning; attacks at a forget level need its front")
+    return points
+
+
+def point_at_forget(run: Run, level: float) -> tuple[Run, dict]:
+    """The run as it was at the evaluation whose forget-all is closest to `level` from below (the earliest on a tie):
+    the run itself when that is its last evaluation, else the model it kept there (eval.save_points)."""
+    points = front(run)
+    below = [e for e in points if e["forget_all"] <= level + 1e-9]
+    if not below:
+        lowest = min(e["forget_all"] for e in points)
+        raise AtuError(
+            f"{run} never reaches forget-all <= {level:g} (its lowest: {lowest:.1f}); pass a higher --at-forget"
+        )
+    hit = max(below, key=lambda e: (e["forget_all"], -points.index(e)))
+    if hit is points[-1]:
+        return run, hit
+    point = Run(run / POINTS / hit["stage"])
+    if not point.is_run():
+        raise AtuError(
+            f"{run} reaches forget-all {hit['forget_all']:.1f} at {hit['stage']} but did not keep that model; "
+            "run it again with eval.save_points=true"
+        )
+    return point, hit
 
 
 def run_attacks(run: Run, names: list[str], cfg) -> list[dict]:

@@ -85,6 +85,13 @@ class EvalConfig:
     every: int = setting(
         0, "also evaluate every N steps inside unlearning stages; 0: after each stage only", at_least=0
     )
+    # attacks at matched forgetting: `atu attack RUN_A RUN_B --at-forget X` attacks each run where its front first
+    # reaches forget-all <= X, which needs the model as it was at that evaluation
+    save_points: bool = setting(
+        False,
+        "keep the model of every evaluation but the last (RUN/points/<stage>/, a run folder of its own; one model's "
+        "size each) for atu attack --at-forget",
+    )
     # The retain score: FB/QA probes of other targets the model knows (RWKU's neighbours are often unknown to a small
     # model, so "neighbours kept" alone cannot show damage). Candidates in order; the first `retain_count` that are
     # neither the target nor named in its probes (nor name it in theirs) are used. The default list: the six
