@@ -7,6 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from atu.errors import AtuError
 from atu.methods import get_method, method_config
 from atu.methods.common import mean_nll, prompt_answer_sequences, text_sequences, token_logps
 from atu.methods.losses import dpo_loss, kl_from_logits, npo_loss, simnpo_loss
@@ -276,3 +277,39 @@ def test_atu_quantile_thresholds_come_from_the_forget_corpus_similarity_after_al
     assert first["tau_setting"] == 0.75 and second["tau_setting"] == 0.25
     assert abs(first["forget_sim_above_tau"] - 0.25) < 0.05  # the quantile, on the corpus' own positions
     assert -1.0 < method.thresholds[1] < method.thresholds[0] < 1.0
+
+
+def test_atu_stop_gap_skips_the_stages_left_once_the_forget_text_is_no_closer_to_the_concept(tokenizer, encoder):
+    """method.stop_gap: before each unlearning stage the run compares the head's concept similarity on the forget
+    corpus with that on other targets' text (never the probes); once the gap has shrunk to stop_gap x its first value,
+    every later stage (re-alignments too) runs no step, and the log says why."""
+    from atu.engine import run_stages
+    from atu.models import tiny_lm
+
+    model = tiny_lm(seed=2).eval()
+    settings = dict(
+        tau_mode="quantile",
+        taus=[0.0, 0.0, 0.0, 0.0],  # every position above τ: each stage pushes the whole forget corpus away
+        align_steps=20,
+        realign_steps=0,
+        unlearn_steps=4,
+        unlearn_lr=1e-2,
+        retain_weight=0.0,
+        stop_gap=1.0,  # stop as soon as the gap has not grown
+    )
+    cfg = method_config(OmegaConf.merge(OmegaConf.load(_yaml("atu")), {"name": "atu", **settings}))
+    ctx = _context(model, tokenizer)
+    ctx.encoder, ctx.retain_texts = encoder, GENERAL
+    method = get_method("atu")(cfg, ctx)
+    method.prepare()
+    starts = []
+    run_stages(method.stages(), method.modules(), lambda stage, info: None, starts.append)
+    starts = [r for r in starts if r["event"] == "stage_start" and r["stage"].startswith("unlearn")]
+    gaps = [r["forget_sim_gap"] for r in starts]
+    assert gaps[1] < gaps[0]  # unlearning closed part of the gap
+    assert [r["steps"] for r in starts] == [4, 0, 0, 0] and method.stopped.startswith("stopped before 2 of 4")
+    assert all(r["skipped"] == method.stopped for r in starts[1:])
+    alone = _context(model, tokenizer)  # no other targets' text to compare with
+    alone.encoder = encoder
+    with pytest.raises(AtuError, match="other targets' text"):
+        get_method("atu")(cfg, alone).prepare()

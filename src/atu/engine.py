@@ -88,6 +88,7 @@ def run_stages(
         if resume is not None and index == resume.stage and not mid_stage:
             set_rng_state(resume.rng)
         info = stage.setup() if stage.setup else {}
+        steps = 0 if info.get("skipped") else stage.steps  # a method may skip the stages it no longer needs
         params = stage.params()
         trained |= {id(p) for p in params}
         chosen = {id(p) for p in params}
@@ -100,7 +101,7 @@ def run_stages(
         for m in modules:  # transformers checkpoints activations only in training mode (shipped LMs have no dropout)
             if _checkpointing(m) and any(id(p) in chosen for p in m.parameters()):
                 m.train()
-        optimizer = stage.optimizer(params) if stage.steps > 0 else None
+        optimizer = stage.optimizer(params) if steps > 0 else None
         first = 0
         if mid_stage:
             info, first = resume.info, resume.step
@@ -113,13 +114,13 @@ def run_stages(
                     "stage": stage.name,
                     "kind": stage.kind,
                     "index": index,
-                    "steps": stage.steps,
+                    "steps": steps,
                     **info,
                 }
             )
         started, last = time.time(), {}
-        bar = progress(stage.steps, stage.name, initial=first)
-        for step in range(first, stage.steps):
+        bar = progress(steps, stage.name, initial=first)
+        for step in range(first, steps):
             with autocast():
                 loss, numbers = stage.loss(step)
             value = float(sum_over_processes(loss.detach()))  # with several processes: each holds a share
@@ -139,7 +140,7 @@ def run_stages(
                 optimizer.step()
             last = numbers
             bar.update(1)
-            if step % log_every == 0 or step == stage.steps - 1:
+            if step % log_every == 0 or step == steps - 1:
                 bar.set_postfix({k: f"{v:.4f}" for k, v in numbers.items()})
                 log(
                     {
@@ -150,7 +151,7 @@ def run_stages(
                         **numbers,
                     }
                 )
-            inside = step + 1 < stage.steps
+            inside = step + 1 < steps
             if on_point and stage.evaluate and evaluate_every and (step + 1) % evaluate_every == 0 and inside:
                 on_point(stage, step + 1, info)
             if checkpoint and every and (step + 1) % every == 0 and inside:

@@ -238,7 +238,7 @@ class Job:
             run_stages(
                 stages,
                 method.modules(),
-                lambda stage, info: self.evaluate(stage.name, info) if stage.evaluate else None,
+                self.stage_end,
                 self.log,
                 checkpoint=self.save_checkpoint,
                 every=cfg.run.checkpoint_every,
@@ -403,6 +403,11 @@ class Job:
             for name in ("before", stage):
                 point.write_predictions(name, self.run_folder.predictions(name))
         self.save_results(point)
+
+    def stage_end(self, stage, info: dict) -> None:
+        """Evaluate after a stage that asks for it; a skipped stage only when it is the last (the run's result)."""
+        if stage.evaluate and (not info.get("skipped") or stage.name == self.last_evaluated):
+            self.evaluate(stage.name, info)
 
     def evaluate_point(self, stage, step: int, info: dict) -> None:
         """An evaluation inside an unlearning stage (eval.every): a point on the run's trade-off front."""

@@ -412,6 +412,9 @@ def write_run_report(run: Run) -> Path:
     ] + list(info.get("notes", []))
     if info.get("probe_files"):  # official RWKU files, or ours (paraphrases, multi-hop, user folders)
         notes.append("Probe files: " + "; ".join(f"{k}: {v}" for k, v in info["probe_files"].items()))
+    skipped = next((r["skipped"] for r in run.records() if r.get("event") == "stage_start" and r.get("skipped")), None)
+    if skipped:  # method.stop_gap: the last evaluation is of the model as it was when the stages stopped
+        notes.insert(0, f"Unlearning {skipped}; the stages after it ran no step.")
     if info.get("error"):
         notes.insert(0, f"The run stopped: {info['error']}")
     sections.append(("Notes", notes))

@@ -81,6 +81,16 @@ class ATUConfig(LoraSettings):  # lora: true trains peft adapters in blocks 1..L
         0.0, "weight of the hook-state retain term on other targets' text (paper: 0)", at_least=0
     )
     grad_clip: float = setting(1.0, "gradient-norm clip of both the head and the LLM (0: none)", at_least=0)
+    # How many stages a target needs, read from the run itself (never from the probes): the gap between the re-aligned
+    # head's similarity to the concept on the forget corpus and on other targets' text is what unlearning must close;
+    # once it has fallen to this share of its size at the first stage, the remaining stages are skipped.
+    stop_gap: float = setting(
+        0.0,
+        "skip the remaining stages once the forget corpus' excess concept similarity over other targets' text is at "
+        "most this share of its first value (0: every stage runs)",
+        at_least=0,
+        at_most=1,
+    )
 
 
 # ------------------------------------------------------------------ windows: what each position must predict
@@ -187,6 +197,8 @@ class ATU(Method):
             raise AtuError(f"method.taus={list(cfg.taus)} with method.tau_mode=quantile must lie in [0, 1]")
         if any(b > a for a, b in zip(cfg.taus, cfg.taus[1:])):
             raise AtuError(f"method.taus {list(cfg.taus)} must not increase: each stage lowers the threshold")
+        if cfg.stop_gap > 0 and len(cfg.taus) < 2:
+            raise AtuError(f"method.stop_gap={cfg.stop_gap} decides how many of several stages run; give several taus")
         if cfg.unlearn_momentum and cfg.unlearn_optimizer != "sgd":
             raise AtuError(f"method.unlearn_momentum={cfg.unlearn_momentum} needs method.unlearn_optimizer=sgd")
         if cfg.head_width % cfg.head_heads:
@@ -237,6 +249,10 @@ class ATU(Method):
         started = time.time()
         self.forget = make(ctx.forget_texts)
         self.retain = make(ctx.retain_texts) if ctx.retain_texts else None
+        if cfg.stop_gap > 0 and self.retain is None:
+            raise AtuError(
+                "method.stop_gap compares the forget corpus with other targets' text; set data.other_targets"
+            )
         say(f"encoded {sum(encoded)} windows in {time.time() - started:.0f} s")
         self.concept = encode([ctx.target_name])[0].to(ctx.device)
         d_model = ctx.model.config.get_text_config().hidden_size
@@ -250,6 +266,8 @@ class ATU(Method):
         self.retain_states0 = None
         self.states_current = False  # whether the cached hook states are the current model's
         self.thresholds: list[float] = []
+        self.first_gap = None  # method.stop_gap: the similarity gap when unlearning started
+        self.stopped = ""  # why the remaining stages are skipped (method.stop_gap), once they are
 
     def aligned_sets(self):
         return [self.forget] + ([self.retain] if self.retain is not None else [])
@@ -311,6 +329,8 @@ class ATU(Method):
 
     def _cache(self) -> dict:
         """The LLM is frozen during alignment: its hook-layer states are computed once per alignment stage."""
+        if self.stopped:
+            return {"skipped": self.stopped}
         for data in self.aligned_sets():
             data.states = cache_states(self.ctx.model, self.layer, data, self.ctx.infer_batch_size)
         self.states_current = True
@@ -366,6 +386,7 @@ class ATU(Method):
         for p in self.head.parameters():
             p.requires_grad_(False)
         sims = self.similarities(self.forget)
+        gap = float(sims.mean() - self.similarities(self.retain).mean()) if self.cfg.stop_gap > 0 else None
         self.states_current = False  # unlearning changes the model from here on
         if not self.thresholds:
             if self.cfg.tau_mode == "quantile":
@@ -373,12 +394,21 @@ class ATU(Method):
             else:
                 self.thresholds = [float(t) for t in self.cfg.taus]
             self.sim_before = float(sims.mean())
-        return {
+        info = {
             "tau": self.thresholds[i],
             "tau_setting": float(self.cfg.taus[i]),
             "forget_sim_mean": float(sims.mean()),
             "forget_sim_above_tau": float((sims > self.thresholds[i]).float().mean()),
         }
+        if gap is not None:
+            self.first_gap = gap if self.first_gap is None else self.first_gap
+            info["forget_sim_gap"] = gap
+            if not self.stopped and i > 0 and gap <= self.cfg.stop_gap * self.first_gap:
+                self.stopped = (
+                    f"stopped before {i + 1} of {len(self.cfg.taus)} stages: the forget corpus' similarity gap "
+                    f"{gap:.4f} is at most {self.cfg.stop_gap:g} x its first {self.first_gap:.4f}"
+                )
+        return info | ({"skipped": self.stopped} if self.stopped else {})
 
     def _unlearn_loss(self, i: int):
         tau = self.thresholds[i]
@@ -404,6 +434,8 @@ class ATU(Method):
             **super().state_dict(),
             "head_opt": self.head_opt.state_dict() if self.head_opt else None,
             "thresholds": self.thresholds,
+            "first_gap": self.first_gap,
+            "stopped": self.stopped,
             "sim_before": getattr(self, "sim_before", None),
             "retain_states0": self.retain_states0,
         }
@@ -413,6 +445,7 @@ class ATU(Method):
         if state["head_opt"] is not None:
             self._head_optimizer(self._align_params()).load_state_dict(state["head_opt"])
         self.thresholds, self.retain_states0 = state["thresholds"], state["retain_states0"]
+        self.first_gap, self.stopped = state.get("first_gap"), state.get("stopped", "")
         if self.retain_states0 is not None:
             self.retain_states0 = self.retain_states0.to(self.ctx.device)
         if state["sim_before"] is not None:
