@@ -12,8 +12,9 @@ from atu.attacks.incontext import with_context
 from atu.attacks.probe import fit_and_score, split
 from atu.attacks.quantize import quantize_model, quantize_rtn, update_size
 from atu.attacks.relearn import split_probes
-from atu.attacks.rephrase import paired_scores
+from atu.attacks.rephrase import on_original_scale, paired_scores
 from atu.data import Probe
+from atu.metrics import recovered
 from atu.runs import Run
 from atu.evaluate.mia import auc, loss_score, min_k_score, zlib_score
 from test_cli import TINY, atu
@@ -152,6 +153,9 @@ def test_rephrase_attack_compares_each_paraphrase_with_its_own_original():
         "pairs": 2,
     }
     assert paired_scores(para, records(100, 50, 80, 40, 90)[:2], records(0, 10, 60, 20, 90)) is None
+    # paraphrases harder before (60 vs 75) and down by a third where the originals fell by 93%: 64% recovered
+    scaled = on_original_scale(got)
+    assert scaled == 50 and recovered({"before": 75, "after": 5, "after_attack": scaled}) == pytest.approx(45 / 70)
 
 
 def test_probe_is_scored_on_held_out_sentences():

@@ -38,24 +38,27 @@ def paired_scores(paraphrases, before: list[dict], after: list[dict]) -> dict | 
     }
 
 
+def on_original_scale(paired: dict) -> float:
+    """The paraphrases' score after unlearning, times original before / paraphrase before."""
+    return paired["paraphrase_after"] * paired["original_before"] / paired["paraphrase_before"]
+
+
 @register("rephrase")
 class Rephrase(Attack):
     def run(self, ctx: AttackContext) -> list[dict]:
         rows = []
         paired = paired_scores(ctx.target.probes.get("rephrase", []), ctx.predictions_before, ctx.predictions_after)
-        if paired:
-            # recovered: what the rewording brings back of what unlearning removed, in the official wording
-            rows.append(
-                row(
-                    self.name,
-                    "rephrase",
-                    paired["original_before"],
-                    paired["original_after"],
-                    paired["paraphrase_after"],
-                    f"{paired['pairs']} official FB/QA probes: before/after in their own wording, after attack "
-                    f"reworded (the rewording scored {paired['paraphrase_before']:.1f} before unlearning)",
-                )
+        if paired and paired["paraphrase_before"] > 0:
+            # A reworded question can be harder (or easier) for the model before any unlearning, so the paraphrases'
+            # score after is put on the originals' scale (x original before / paraphrase before): "recovered" is then
+            # the share of the originals' relative drop that the rewording does not show.
+            scaled = on_original_scale(paired)
+            note = (
+                f"{paired['pairs']} official FB/QA probes: before/after in their own wording; after attack: their "
+                f"paraphrases, {paired['paraphrase_before']:.1f} before -> {paired['paraphrase_after']:.1f} after, "
+                "on the originals' scale"
             )
+            rows.append(row(self.name, "rephrase", paired["original_before"], paired["original_after"], scaled, note))
         if "multihop" in ctx.before:
             rows.append(
                 row(
