@@ -223,7 +223,7 @@ def test_atu_attack_over_a_tiny_run_writes_the_robustness_table(tmp_path):
     fronts = [[e["forget_all"] for e in Run(f).evals() if e["stage"] != "before"] for f in (out, point)]
     level = max(min(front) for front in fronts)
     assert f"forget-all <= {level:g}" in side.read_text() and f"| {out} | {point} |" in side.read_text()
-    assert "| rephrase | Rephrase ↓ |" in side.read_text() and (point / "attacks" / "attacks.json").exists()
+    assert "| rephrase | Multi-hop ↓ |" in side.read_text() and (point / "attacks" / "attacks.json").exists()
     low = atu("attack", str(out), "--at-forget", "-1", "--attacks", "rephrase")
     assert low.returncode == 2 and "never reaches forget-all <= -1" in low.stderr and "Traceback" not in low.stderr
 
