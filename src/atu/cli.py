@@ -243,7 +243,7 @@ def attack(rest) -> int:
     for run in folders:
         target, point = point_at_forget(run, level) if level is not None else (run, None)
         if point is not None:
-            say(f"{run}: attacking {point['stage']} (forget-all {point['forget_all']:.1f} <= {level:g}) in {target}")
+            say(f"{run}: attacking {point['stage']} (forget-all {point['forget_all']:.2f} <= {level:g}) in {target}")
         cfg = from_run(target, overrides)  # the run's model, data and evaluation; the command line may change them
         rows = run_attacks(target, names, cfg)
         print(attack_table(rows).markdown())

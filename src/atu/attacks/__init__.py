@@ -81,7 +81,7 @@ def point_at_forget(run: Run, level: float) -> tuple[Run, dict]:
     if not below:
         lowest = min(e["forget_all"] for e in points)
         raise AtuError(
-            f"{run} never reaches forget-all <= {level:g} (its lowest: {lowest:.1f}); pass a higher --at-forget"
+            f"{run} never reaches forget-all <= {level:g} (its lowest: {lowest:.2f}); pass a higher --at-forget"
         )
     hit = max(below, key=lambda e: (e["forget_all"], -points.index(e)))
     if hit is points[-1]:
@@ -89,7 +89,7 @@ def point_at_forget(run: Run, level: float) -> tuple[Run, dict]:
     point = Run(run / POINTS / hit["stage"])
     if not point.is_run():
         raise AtuError(
-            f"{run} reaches forget-all {hit['forget_all']:.1f} at {hit['stage']} but did not keep that model; "
+            f"{run} reaches forget-all {hit['forget_all']:.2f} at {hit['stage']} but did not keep that model; "
             "run it again with eval.save_points=true"
         )
     return point, hit
