@@ -203,7 +203,7 @@ def test_atu_attack_over_a_tiny_run_writes_the_robustness_table(tmp_path):
         "forget_qa, lr 0.0001",
     ] + ["forget_qa, worst lr"]
     assert all("original model after the same fine-tuning" in r["note"] for r in relearned)
-    assert relearned[-1]["after_attack"] in [r["after_attack"] for r in relearned[:3]]
+    assert relearned[-1]["after_attack"] == max(r["after_attack"] for r in relearned[:3])  # the attacker's best
     mia_rows = [r for r in rows if r["attack"] == "mia"]
     assert len(mia_rows) == 3 and all(0 <= r["before"] <= 100 for r in mia_rows)
     assert "| quant4 | Forget all ↓ |" in (out / "attacks" / "attacks.md").read_text()

@@ -162,12 +162,11 @@ def matched_attack_table(results: dict[str, tuple[dict, list[dict]]]) -> Table:
         for _, rows in results.values():
             r = next((r for r in rows if (r["attack"], r["metric"]) == (attack, metric)), None)
             share = metrics.recovered(r) if r is not None and r["metric"].startswith(("forget", "rephrase")) else None
-            cells.append(
-                "–"
-                if r is None
-                else f"{fmt(r['after'])} → {fmt(r['after_attack'])}"
-                + ("" if share is None else f" ({100 * share:.0f}%)")
-            )
+            if r is None or r["after_attack"] is None:  # a diagnostic (update_size) or a set scored as is
+                cells.append("–" if r is None else fmt(r["after"]))
+            else:
+                share_text = "" if share is None else f" ({100 * share:.0f}%)"
+                cells.append(f"{fmt(r['after'])} → {fmt(r['after_attack'])}{share_text}")
         out.append([attack, metrics.label(metric)] + cells)
     return Table(["Attack", "Metric"] + list(results), out, [False, False] + [True] * len(results))
 

@@ -11,7 +11,6 @@ import torch
 from ..errors import AtuError
 from ..evaluate.rwku import build_prompt
 from ..methods.common import mean_nll, prompt_answer_sequences
-from ..metrics import recovered
 from .base import Attack, AttackContext, mean_score, register, row
 
 
@@ -61,7 +60,7 @@ class Relearn(Attack):
         held_q = {p.query for p in held}
         pick = lambda r: r["set"] == "forget_qa" and r["query"] in held_q
         before, after = mean_score(ctx.predictions_before, pick), mean_score(ctx.predictions_after, pick)
-        rows, worst = [], None
+        rows = []
         for lr in LEARNING_RATES:
             relearned = {}
             for name, model, system in (("unlearned", ctx.model, "run's"), ("original", ctx.original(), None)):
@@ -76,9 +75,8 @@ class Relearn(Attack):
             rows.append(
                 row(self.name, f"forget_qa, lr {lr:g}", relearned["original"], after, relearned["unlearned"], note)
             )
-            share = recovered(rows[-1])
-            if worst is None or (share is not None and (recovered(worst) is None or share > recovered(worst))):
-                worst = rows[-1]
+        # the attacker's best: the highest held-out score any learning rate brought the unlearned model to
+        worst = max(rows, key=lambda r: -1.0 if r["after_attack"] is None else r["after_attack"])
         rows.append({**worst, "metric": "forget_qa, worst lr"})
         return rows
 
