@@ -305,7 +305,7 @@ def test_atu_stop_gap_skips_the_stages_left_once_the_forget_text_is_no_closer_to
     starts = []
     run_stages(method.stages(), method.modules(), lambda stage, info: None, starts.append)
     starts = [r for r in starts if r["event"] == "stage_start" and r["stage"].startswith("unlearn")]
-    gaps = [r["forget_sim_gap"] for r in starts]
+    gaps = [r["forget_sim_gap"] for r in starts[:2]]  # stages after the stop measure nothing
     assert gaps[1] < gaps[0]  # unlearning closed part of the gap
     assert [r["steps"] for r in starts] == [4, 0, 0, 0] and method.stopped.startswith("stopped before 2 of 4")
     assert all(r["skipped"] == method.stopped for r in starts[1:])

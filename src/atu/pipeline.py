@@ -386,9 +386,9 @@ class Job:
         self.run_folder.write_predictions(stage, records)
         say(eval_line(row))
         if self.cfg.eval.save_points and stage not in ("before", self.last_evaluated):
-            self.save_point(stage)
+            self.save_point(stage, records)
 
-    def save_point(self, stage: str) -> None:
+    def save_point(self, stage: str, records: list[dict]) -> None:
         """eval.save_points: the model as this evaluation saw it, in a run folder of its own (RUN/points/<stage>/)
         whose last evaluation is this one, so `atu attack` treats it as a finished run."""
         point = Run(self.run_folder.path / runs.POINTS / stage)
@@ -400,8 +400,8 @@ class Job:
             for row in self.history:
                 log.append({"event": "eval", **row})
             log.close()
-            for name in ("before", stage):
-                point.write_predictions(name, self.run_folder.predictions(name))
+            point.write_predictions("before", self.run_folder.predictions("before"))
+            point.write_predictions(stage, records)
         self.save_results(point)
 
     def stage_end(self, stage, info: dict) -> None:

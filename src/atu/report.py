@@ -136,11 +136,17 @@ def utility_table(utility: dict) -> Table:
     return Table(["Utility"] + cols + ["chance", "set"], rows, [False] + [True] * (len(cols) + 1) + [False])
 
 
+def forgotten_share(attack_row: dict) -> float | None:
+    """The share of the forgotten score an attack brings back, for the metrics where forgetting is the point."""
+    forget = attack_row["metric"].startswith(("forget", "rephrase", "multihop"))
+    return metrics.recovered(attack_row) if forget else None
+
+
 def attack_table(rows: list[dict]) -> Table:
     out = []
     for r in rows:
         b, a, x = r["before"], r["after"], r["after_attack"]
-        share = metrics.recovered(r) if r["metric"].startswith(("forget", "rephrase", "multihop")) else None
+        share = forgotten_share(r)
         rec = "–" if share is None else f"{100 * share:.0f}%"
         out.append(
             [r["attack"], metrics.label(r["metric"]), fmt(b), fmt(a), fmt(x), rec, str(r["seconds"]), r["note"]]
@@ -161,10 +167,10 @@ def matched_attack_table(results: dict[str, tuple[dict, list[dict]]]) -> Table:
         cells = []
         for _, rows in results.values():
             r = next((r for r in rows if (r["attack"], r["metric"]) == (attack, metric)), None)
-            share = metrics.recovered(r) if r is not None and r["metric"].startswith(("forget", "rephrase")) else None
             if r is None or r["after_attack"] is None:  # a diagnostic (update_size) or a set scored as is
                 cells.append("–" if r is None else fmt(r["after"]))
             else:
+                share = forgotten_share(r)
                 share_text = "" if share is None else f" ({100 * share:.0f}%)"
                 cells.append(f"{fmt(r['after'])} → {fmt(r['after_attack'])}{share_text}")
         out.append([attack, metrics.label(metric)] + cells)

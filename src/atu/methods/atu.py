@@ -385,6 +385,8 @@ class ATU(Method):
         self.head.eval()
         for p in self.head.parameters():
             p.requires_grad_(False)
+        if self.stopped:  # nothing changes from here on: no similarity forwards over the corpora
+            return {"tau": self.thresholds[i], "tau_setting": float(self.cfg.taus[i]), "skipped": self.stopped}
         sims = self.similarities(self.forget)
         gap = float(sims.mean() - self.similarities(self.retain).mean()) if self.cfg.stop_gap > 0 else None
         self.states_current = False  # unlearning changes the model from here on
@@ -403,7 +405,7 @@ class ATU(Method):
         if gap is not None:
             self.first_gap = gap if self.first_gap is None else self.first_gap
             info["forget_sim_gap"] = gap
-            if not self.stopped and i > 0 and gap <= self.cfg.stop_gap * self.first_gap:
+            if i > 0 and gap <= self.cfg.stop_gap * self.first_gap:
                 self.stopped = (
                     f"stopped before {i + 1} of {len(self.cfg.taus)} stages: the forget corpus' similarity gap "
                     f"{gap:.4f} is at most {self.cfg.stop_gap:g} x its first {self.first_gap:.4f}"
