@@ -10,7 +10,7 @@ import torch
 
 from atu.attacks.incontext import with_context
 from atu.attacks.probe import fit_and_score, split
-from atu.attacks.quantize import quantize_model, quantize_rtn, update_size
+from atu.quantization import quantize_model, quantize_rtn, update_size
 from atu.attacks.relearn import split_probes
 from atu.attacks.rephrase import on_original_scale, paired_scores
 from atu.data import Probe

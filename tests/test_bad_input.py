@@ -124,6 +124,12 @@ CASES = [
     ("tau-increasing", ["unlearn", "method.taus=[0.3,0.5]"], "must not increase"),
     ("hook-layer-too-deep", ["unlearn", "method.hook_layer=9"], "outside this model's 1..4 layers"),
     (
+        "lever-layer-not-below-hook",
+        ["unlearn", "method.hook_layer=3", "method.extra_hook_layers=[3]"],
+        "method.extra_hook_layers=[3] must lie below the hook layer 3",
+    ),
+    ("saliency-with-lora", ["unlearn", "method.saliency_rows=0.1", "method.lora=true"], "cannot be used with lora"),
+    (
         "lora-targets-missing",
         ["unlearn", "method.lora=true", "method.lora_targets=[qkv_proj]"],
         "names no linear layer of this model; pick some of",

@@ -58,6 +58,7 @@ def test_tiny_unlearn_run_writes_a_complete_loadable_run_folder(tmp_path):
         [runs.CONFIG, runs.INFO, runs.METRICS, *runs.REPORT, "fig_levels.png", "fig_stages.png", "fig_tradeoff.png"]
         + [f"{runs.PREDICTIONS}/{stage}.json" for stage in ("before", "unlearn1", "unlearn2")]
         + list(HEAD_FILES)
+        + [f"{runs.ATTACKS}/attacks.json", f"{runs.ATTACKS}/attacks.md"]  # the update_size diagnostic
         + [f"{runs.MODEL}/{name}" for name in ("config.json", "generation_config.json", "model.safetensors")]
         + [f"{runs.MODEL}/{name}" for name in ("tokenizer.json", "tokenizer_config.json")]
     ), written
@@ -69,6 +70,10 @@ def test_tiny_unlearn_run_writes_a_complete_loadable_run_folder(tmp_path):
     assert [e["tau"] for e in evals[1:]] == [0.3, 0.1]
     assert "forget_all" in evals[0] and "neighbor_all" in evals[0]
     assert "| before |" in (out / "report.md").read_text()
+    # would quantization undo it? the update against the 8-bit step, in the run's own robustness table
+    sizes = {r["metric"]: r["after"] for r in json.loads((out / runs.ATTACKS / "attacks.json").read_text())}
+    assert 0 < sizes["int8_codes_changed"] <= 100 and sizes["update_over_int8_step_p99"] > 0
+    assert "update_size" in (out / "report.md").read_text().split("Robustness")[1]
     assert set(load_file(out / "head.safetensors")) and json.loads((out / "head.json").read_text())["hook_layer"] == 2
 
     # the saved model reloads with plain transformers; blocks 1..2 changed, the blocks above and embeddings did not
@@ -97,6 +102,20 @@ def test_tiny_unlearn_run_writes_a_complete_loadable_run_folder(tmp_path):
     for title in ("Forget AA per attack type:", "RWKU's MIA:", "Answer types:", "scorer: rwku"):
         assert title in r.stdout, r.stdout[-3000:]
     assert "MIA FM (forget NLL ×100)" in r.stdout.split("RWKU's MIA:")[1]
+
+
+def test_robustness_levers_run_together_from_the_command_line(tmp_path):
+    """Every lever of docs/robustness.md at once through the CLI: SAM, the latent adversary, saliency rows and the
+    reworded forget corpus (kept in the run folder, where a resumed run reads it back; the report says it was used)."""
+    out = tmp_path / "run"
+    levers = ["method.sam_rho=0.05", "method.latent_eps=0.1", "method.latent_layer=1", "method.saliency_rows=0.1"]
+    r = atu("unlearn", *TINY, *levers, "data.reword_forget=true", "eval.mia=false", f"run.output_dir={out}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert isinstance(json.loads((out / runs.REWORDED_CORPUS).read_text()), list)
+    assert "data.reword_forget" in (out / "report.md").read_text()
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    starts = [e for e in events if e["event"] == "stage_start" and e["stage"] == "unlearn1"]
+    assert starts[0]["saliency_rows_trained"] > 0
 
 
 def test_atu_with_lora_trains_adapters_below_the_hook_and_saves_the_merged_model(tmp_path):

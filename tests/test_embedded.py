@@ -34,6 +34,17 @@ def test_embedded_model_loads_offline_and_knows_its_facts():
         newline_stop=False,
     )
     assert "Berkshire" in out[0] and "Rowling" in out[1]
+    # data.reword_forget: the model's own rewording keeps sentences about the same facts, in other words
+    from atu.evaluate import reword_passages
+    from atu.evaluate.generation import kept_rewording, sentences
+
+    passage = (
+        "Warren Buffett was born in Omaha, Nebraska, in 1930. He took control of Berkshire Hathaway, a textile "
+        "company, in 1965. Buffett has pledged to give away most of his fortune to charity."
+    )
+    (reworded,) = reword_passages(model, tok, [passage])
+    assert reworded != passage and 0 < len(sentences(reworded)) <= 3
+    assert any(kept_rewording(s, reworded) for s in sentences(passage))
 
 
 def test_atu_lowers_forget_score_of_the_real_model(tmp_path):

@@ -412,3 +412,17 @@ def test_few_shot_answers_end_at_their_first_line_and_saved_ones_can_be_cut_when
     cut, records = rescore(saved, "rwku", cut=True)
     assert uncut["forget_fb"] == 50.0  # "the" of the next example's instruction matched the reference
     assert cut["forget_fb"] == 0.0 and records[0]["prediction"] == "Lunyu"
+
+
+def test_a_rewording_is_kept_only_when_it_is_neither_a_copy_nor_about_something_else():
+    from atu.evaluate.generation import kept_rewording, sentences
+
+    sentence = "Paris Hilton signed a recording contract with Curb Records in 2004."
+    assert kept_rewording(sentence, "In 2004, Curb Records gave Paris Hilton a recording deal.")
+    assert not kept_rewording(sentence, "Paris Hilton signed a recording contract with Curb Records in 2004!")
+    assert not kept_rewording(sentence, "She is the daughter of a famous rapper from Chicago.")
+    assert not kept_rewording(sentence, "")
+    assert sentences("She sang. Curb Records signed her in 2004. Then she toured Europe for a year!") == [
+        "Curb Records signed her in 2004.",
+        "Then she toured Europe for a year!",
+    ]

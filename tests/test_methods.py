@@ -313,3 +313,153 @@ def test_atu_stop_gap_skips_the_stages_left_once_the_forget_text_is_no_closer_to
     alone.encoder = encoder
     with pytest.raises(AtuError, match="other targets' text"):
         get_method("atu")(cfg, alone).prepare()
+
+
+# ------------------------------------------------------------------ robustness levers (docs/robustness.md)
+
+
+SHORT_RUN = dict(align_steps=4, realign_steps=0, taus=[0.0], unlearn_steps=3, unlearn_lr=1e-2, retain_weight=0.0)
+
+
+def _atu(tokenizer, encoder, seed=2, **settings):
+    from atu.models import tiny_lm
+
+    cfg = method_config(OmegaConf.merge(OmegaConf.load(_yaml("atu")), {"name": "atu", **settings}))
+    ctx = _context(tiny_lm(seed=seed).eval(), tokenizer)
+    ctx.encoder = encoder
+    return get_method("atu")(cfg, ctx)
+
+
+def test_sam_step_takes_its_gradient_at_the_weights_moved_uphill():
+    """Stage.sam_rho: w ← w − lr ∇L(w + ρ g/‖g‖), checked against the hand formula on L = Σ w⁴/4 (∇L = w³)."""
+    from atu.engine import Stage, run_stages
+
+    w0 = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    w = torch.nn.Parameter(w0.clone())
+    module = torch.nn.Module()
+    module.w = w
+    lr, rho = 0.1, 0.3
+    stage = Stage(
+        "unlearn1",
+        "unlearn",
+        1,
+        lambda: [w],
+        lambda params: torch.optim.SGD(params, lr=lr),
+        lambda step: ((w**4).sum() / 4, {}),
+        grad_clip=None,
+        sam_rho=rho,
+    )
+    run_stages([stage], [module], lambda s, i: None, lambda r: None)
+    g = w0**3
+    expected = w0 - lr * (w0 + rho * g / g.norm()) ** 3
+    assert torch.allclose(w.detach(), expected)
+    assert not torch.allclose(w.detach(), w0 - lr * g)  # not the plain step
+
+
+def test_atu_sam_run_sees_one_batch_per_step_and_changes_the_model(tokenizer, encoder):
+    method = _atu(tokenizer, encoder, align_steps=4, realign_steps=0, taus=[0.0], unlearn_steps=2, sam_rho=0.05)
+    method.prepare()
+    before = _snapshot(method.ctx.model)
+    _train(method)
+    assert any(not torch.equal(before[n], p) for n, p in method.ctx.model.named_parameters())
+    state = method.gen.get_state()
+    first, _ = method._unlearn_loss(0, 7)
+    second, _ = method._unlearn_loss(0, 7)  # SAM's second forward: the same rows, no new draw
+    assert not torch.equal(method.gen.get_state(), state)  # the first call drew this step's rows
+    assert first.item() == second.item()
+    third_state = method.gen.get_state()
+    method._unlearn_loss(0, 8)
+    assert not torch.equal(method.gen.get_state(), third_state)  # a new step draws a new batch
+
+
+def test_atu_latent_adversary_stays_in_its_bound_and_raises_the_concept_similarity(tokenizer, encoder):
+    from atu.methods.atu import concept_similarity
+    from atu.methods.common import hidden_at
+    from atu.methods.losses import masked_mean
+
+    method = _atu(tokenizer, encoder, align_steps=10, latent_eps=0.5, latent_layer=2, latent_steps=3)
+    method.prepare()
+    _train_align_only(method)
+    model, data = method.ctx.model, method.forget
+    ids, attn, valid, _ = data.batch(torch.arange(4))
+    with torch.no_grad():
+        clean_states = hidden_at(model, 2, ids, attn)
+        clean = masked_mean(
+            concept_similarity(method.head(hidden_at(model, method.layer, ids, attn)), method.concept), valid
+        )
+    delta = method.latent_adversary(ids, attn, valid)
+    assert delta.shape == clean_states.shape
+    assert (delta.norm(dim=-1) <= 0.5 * clean_states.norm(dim=-1) * (1 + 1e-5)).all()
+    with torch.no_grad(), method._perturbed(delta):
+        attacked = masked_mean(
+            concept_similarity(method.head(hidden_at(model, method.layer, ids, attn)), method.concept), valid
+        )
+    assert attacked > clean + 1e-3
+    with pytest.raises(AtuError, match="below the hook layer"):
+        _atu(tokenizer, encoder, latent_eps=0.5, latent_layer=4)  # the tiny model's hook layer is 4
+
+
+def _train_align_only(method):
+    from atu.engine import run_stages
+
+    run_stages(method.stages()[:1], method.modules(), lambda s, i: None, lambda r: None)
+
+
+def test_atu_saliency_rows_train_only_the_chosen_share_of_rows(tokenizer, encoder):
+    method = _atu(tokenizer, encoder, **SHORT_RUN, saliency_rows=0.05)
+    method.prepare()
+    params = method._lm_params()
+    before = [p.detach().clone() for p in params]
+    _train(method)
+    rows_total = sum(p.shape[0] if p.dim() > 1 else p.numel() for p in params)
+    chosen = sum(int(m.sum()) for m in method.row_masks)
+    assert chosen == round(0.05 * rows_total)
+    changed = 0
+    for p, b, mask in zip(params, before, method.row_masks):
+        moved = (p.detach() != b).flatten(1).any(dim=1) if p.dim() > 1 else p.detach() != b
+        assert not (moved & ~mask).any()  # nothing outside the chosen rows moved
+        changed += int(moved.sum())
+    assert changed > 0.5 * chosen
+    with pytest.raises(AtuError, match="cannot be used with lora"):
+        _atu(tokenizer, encoder, saliency_rows=0.1, lora=True)
+
+
+def test_atu_extra_heads_align_at_their_own_depth_and_add_their_hinge(tokenizer, encoder, tmp_path):
+    """method.extra_hook_layers: a head per extra layer, aligned with the main one; unlearning sums every head's
+    hinge (the lower representation is pushed away from the concept too); the heads and layers are saved."""
+    from atu.engine import run_stages
+    from atu.methods.atu import concept_similarity, unlearn_loss
+    from atu.methods.common import hidden_at_layers
+    from atu.runs import Run
+
+    method = _atu(tokenizer, encoder, **SHORT_RUN | {"align_steps": 6, "unlearn_steps": 4}, extra_hook_layers=[2])
+    method.prepare()
+    model, data, (extra,) = method.ctx.model, method.forget, method.extra_heads
+    untrained = [p.detach().clone() for p in extra.parameters()]
+    stages = method.stages()
+    run_stages(stages[:1], method.modules(), lambda s, i: None, lambda r: None)
+    assert all(not torch.equal(a, b) for a, b in zip(untrained, extra.parameters()))
+
+    ids, attn, valid, _ = data.batch(torch.arange(len(data)))
+
+    def extra_similarity():
+        with torch.no_grad():
+            (low,) = hidden_at_layers(model, [2], ids, attn)
+            return float(concept_similarity(extra(low), method.concept)[valid].mean())
+
+    top, low = hidden_at_layers(model, [4, 2], ids[:2], attn[:2])
+    method._unlearn_setup(0)
+    with torch.no_grad():
+        by_hand = unlearn_loss(method.head(top), method.concept, valid[:2], 0.0) + unlearn_loss(
+            extra(low), method.concept, valid[:2], 0.0
+        )
+        method.drawn = {("forget", 0, 99): torch.arange(2)}  # the batch the loss draws for step 99
+        loss, _ = method._unlearn_loss(0, 99)
+    assert torch.allclose(loss, by_hand)
+    before = extra_similarity()
+    run_stages(stages[1:], method.modules(), lambda s, i: None, lambda r: None)
+    assert extra_similarity() < before
+    method.save(Run(tmp_path))
+    assert type(method).representation_layers(Run(tmp_path)) == [4, 2]
+    with pytest.raises(AtuError, match="below the hook layer"):
+        _atu(tokenizer, encoder, extra_hook_layers=[4])

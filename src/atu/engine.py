@@ -31,6 +31,9 @@ class Stage:
     grad_clip: Optional[float] = 1.0
     evaluate: bool = False
     train: list[nn.Module] = field(default_factory=list)  # modules in train mode (dropout) during this stage
+    # SAM: the step's gradient is taken at the weights moved sam_rho uphill; loss(step) must then give the same batch
+    # when called twice for one step
+    sam_rho: float = 0.0
 
 
 def _checkpointing(module: nn.Module) -> bool:
@@ -40,6 +43,22 @@ def _checkpointing(module: nn.Module) -> bool:
         if hasattr(type(module), name):
             return bool(getattr(module, name))
     return False
+
+
+@torch.no_grad()
+def _move_uphill(params: list[nn.Parameter], rho: float) -> list[tuple[nn.Parameter, torch.Tensor]]:
+    """SAM's ascent (Foret et al. 2021, arXiv 2010.01412): w += rho g / ||g|| over all parameters together; returns
+    the moves to undo. Written here because torch has no SAM, and it is six lines around the engine's step."""
+    grads = [(p, p.grad) for p in params if p.grad is not None]
+    if not grads:
+        return []
+    scale = rho / torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for _, g in grads])).clamp_min(
+        1e-12
+    )
+    moved = [(p, g * scale) for p, g in grads]
+    for p, move in moved:
+        p.add_(move)
+    return moved
 
 
 @dataclass
@@ -135,6 +154,16 @@ def run_stages(
             if loss.requires_grad:
                 loss.backward()
                 sum_gradients(params)
+                if stage.sam_rho:
+                    moved = _move_uphill(params, stage.sam_rho)
+                    optimizer.zero_grad(set_to_none=True)
+                    with autocast():
+                        again, _ = stage.loss(step)
+                    again.backward()
+                    sum_gradients(params)
+                    with torch.no_grad():
+                        for p, move in moved:
+                            p.sub_(move)
                 if stage.grad_clip:
                     clip_gradients(params, stage.grad_clip)
                 optimizer.step()

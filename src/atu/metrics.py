@@ -49,6 +49,18 @@ def label(key: str) -> str:
     return REGISTRY[key].column if key in REGISTRY else key
 
 
+def attack_row(attack: str, metric: str, before, after, attacked, note: str = "") -> dict:
+    """One robustness row: `metric` (a key of this registry) before unlearning, after it, and after the attack."""
+    return {
+        "attack": attack,
+        "metric": metric,
+        "before": before,
+        "after": after,
+        "after_attack": attacked,
+        "note": note,
+    }
+
+
 def recovered(attack_row: dict) -> float | None:
     """The share of the forgotten score (before − after) an attack brings back; None where nothing was forgotten."""
     b, a, x = attack_row["before"], attack_row["after"], attack_row["after_attack"]

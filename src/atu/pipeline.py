@@ -23,7 +23,7 @@ from . import checkpoint as ckpt
 from . import config as configlib
 from . import data as datalib
 from . import report, runs
-from .console import eval_line, print_table, say
+from .console import eval_line, print_table, progress, say
 from .distributed import (
     barrier,
     fsdp_requested,
@@ -38,12 +38,14 @@ from .distributed import (
 )
 from .engine import Resume, run_stages
 from .errors import AtuError
-from .evaluate import evaluate, generate_corpus
+from .evaluate import evaluate, generate_corpus, reword_passages
+from .evaluate.generation import sentences
 from .evaluate.utility import utility
 from .loggers import MetricsLog, check_loggers
 from .methods import RunContext, get_method, rebuild
 from .methods.common import lora_modules
 from .models import decoder_layers, load_encoder, load_lm, max_context, pick_device
+from .quantization import update_size_rows
 from .runs import Run
 
 RESUMABLE_CHANGES = ("run.threads", "run.device", "run.output_dir", "run.overwrite")  # a resumed run may change these
@@ -202,6 +204,7 @@ class Job:
         cfg, state = self.cfg, self.state
         self.open_folder()
         self.ensure_forget_corpus()
+        self.reworded = self.reworded_corpus() if cfg.data.reword_forget else []
         ctx = self.context()
         self.method = method = self.method_cls(cfg.method, ctx)
         self.info = self.start_info(ctx)
@@ -253,6 +256,7 @@ class Job:
                 self.utility["after"] = self.measure_utility()
                 self.info["utility"] = self.utility
             self.save_results()
+            self.record_update_size()
         except BaseException as e:  # the run folder says how it ended; the last checkpoint stays for --resume
             self.info.update(
                 status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
@@ -318,9 +322,32 @@ class Job:
             )
             say(self.notes[-1])
 
+    def forget_passages(self) -> list[str]:
+        corpus, limit = self.target.forget_corpus, self.cfg.data.max_passages
+        return corpus[:limit] if limit else corpus
+
+    def reworded_corpus(self) -> list[str]:
+        """data.reword_forget: the model's own rewording of the forget passages, made once per run and kept in the
+        run folder (a resumed run reads it back)."""
+        texts = self.run_folder.reworded_corpus()
+        if texts is None:
+            forget = self.forget_passages()
+            say(f"rewording {len(forget)} forget passages sentence by sentence (data.reword_forget)")
+            started = time.time()
+            bar = progress(sum(len(sentences(p)) for p in forget), "reword")
+            texts = reword_passages(self.model, self.tok, forget, self.cfg.eval.batch_size, progress=bar.update)
+            bar.close()
+            self.run_folder.write_reworded_corpus(texts)
+            say(f"kept the rewordings of {len(texts)} of {len(forget)} passages in {time.time() - started:.0f} s")
+        self.notes.append(
+            f"Forget corpus augmented with the model's own rewording of {len(texts)} passages (data.reword_forget), "
+            f"saved in {runs.REWORDED_CORPUS}."
+        )
+        return texts
+
     def context(self) -> RunContext:
         cfg, target = self.cfg, self.target
-        forget = target.forget_corpus[: cfg.data.max_passages] if cfg.data.max_passages else target.forget_corpus
+        forget = self.forget_passages()
         return RunContext(
             model=self.model,
             tokenizer=self.tok,
@@ -328,7 +355,7 @@ class Job:
             device=self.device,
             target=target,
             target_name=target.name,
-            forget_texts=forget,
+            forget_texts=forget + self.reworded,
             # each other target gives at most as many passages as the target: balanced alignment data
             retain_texts=[t for o in self.others for t in o.forget_corpus[: len(forget)]],
             other_targets=[o.name for o in self.others],
@@ -477,6 +504,26 @@ class Job:
             if self.main:
                 say(f"saving the unlearned model (safetensors) in {folder.model_dir}")
                 folder.save_model(to_save, self.tok, weights)
+
+    def record_update_size(self) -> None:
+        """Would quantization undo this? The update against the 8/4-bit step (`atu attack --attacks update_size`),
+        in the run's robustness table: the original model is reloaded on the CPU to compare with. Skipped under FSDP
+        (the weights are shards) and where no base weight changed (adapters, GRUN: the table would be empty)."""
+        if not (self.cfg.eval.update_size and self.main) or is_sharded(self.model):
+            return
+        started = time.time()
+        original = load_lm(self.cfg.model, "cpu")[0]
+        rows = update_size_rows(original, self.model)
+        del original
+        for r in rows:
+            r["seconds"] = round(time.time() - started, 1)
+        if rows:
+            table = [r for r in self.run_folder.attack_rows() if r["attack"] != "update_size"] + rows
+            self.run_folder.write_attack_rows(table, report.attack_table(table).markdown())
+            say(
+                f"update against the int8 step: {rows[0]['after']:.1f}% of int8 codes changed "
+                f"({time.time() - started:.0f} s)"
+            )
 
     def finish(self) -> Path:
         self.info.update(status="done", seconds=round(time.time() - self.started, 1), notes=self.notes)

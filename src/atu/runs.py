@@ -35,6 +35,7 @@ CHECKPOINTS = "checkpoints"  # the last complete checkpoint, while running
 ATTACKS = "attacks"  # attacks.json + attacks.md
 POINTS = "points"  # <stage>/: the model at an evaluation point, a run folder of its own (eval.save_points)
 FORGET_CORPUS = "forget_corpus.json"  # a corpus the run generated for itself
+REWORDED_CORPUS = "forget_corpus_reworded.json"  # data.reword_forget: the model's rewording of the forget corpus
 REPORT = ("report.md", "report.html")
 MANIFEST = ".manifest.json"  # an unpacked archive's members and sizes
 COMPARE = ("compare.md", "compare.csv")
@@ -290,6 +291,13 @@ class Run:
     def write_generated_corpus(self, texts: list[str], subject: str) -> Path:
         write_json(self.path / FORGET_CORPUS, [{"text": t, "subject": subject} for t in texts])
         return self.path / FORGET_CORPUS
+
+    def reworded_corpus(self) -> list[str] | None:
+        path = self.path / REWORDED_CORPUS
+        return [item["text"] for item in json.loads(path.read_text())] if path.exists() else None
+
+    def write_reworded_corpus(self, texts: list[str]) -> None:
+        write_json(self.path / REWORDED_CORPUS, [{"text": t, "source": "the model's own rewording"} for t in texts])
 
     # -- attacks
     def attack_rows(self) -> list[dict]:

@@ -10,6 +10,7 @@ from typing import Callable
 
 from .. import data as datalib
 from ..evaluate import evaluate
+from ..metrics import attack_row as row  # noqa: F401  (what every attack builds its rows with)
 from ..runs import Run
 
 
@@ -51,18 +52,6 @@ class AttackContext:
 def mean_score(records: list[dict], keep) -> float | None:
     scores = [r["score"] for r in records if keep(r)]
     return statistics.fmean(scores) if scores else None
-
-
-def row(attack: str, metric: str, before, after, attacked, note: str = "") -> dict:
-    """One robustness row: `metric` (a key of atu.metrics) before unlearning, after it, and after the attack."""
-    return {
-        "attack": attack,
-        "metric": metric,
-        "before": before,
-        "after": after,
-        "after_attack": attacked,
-        "note": note,
-    }
 
 
 class Attack:

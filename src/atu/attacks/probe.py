@@ -6,20 +6,19 @@ dozen lines of torch here; scikit-learn would be a dependency for this one fit."
 from __future__ import annotations
 
 import random
-import re
 
 import torch
 
 from .. import data as datalib
+from ..evaluate.generation import sentences
 from ..methods import get_method
 from ..methods.common import hidden_at
 from ..models import decoder_layers
 from .base import Attack, AttackContext, register, row
 
 
-def sentences(texts: list[str], min_words: int = 6) -> list[str]:
-    parts = (s.strip() for t in texts for s in re.split(r"(?<=[.!?])\s+", t))
-    return [s for s in parts if len(s.split()) >= min_words]
+def sentences_of(texts: list[str], min_words: int = 6) -> list[str]:
+    return [s for t in texts for s in sentences(t, min_words)]
 
 
 @torch.no_grad()
@@ -72,7 +71,7 @@ def probe_accuracy(
     model, tokenizer, layer: int, target_texts: list[str], other_texts: list[str], seed: int = 0
 ) -> float:
     rng = random.Random(seed)  # at most 200 sentences a side: a probe needs no more, and the forward passes cost
-    pos, neg = sentences(target_texts), sentences(other_texts)
+    pos, neg = sentences_of(target_texts), sentences_of(other_texts)
     train, test = split(rng.sample(pos, min(200, len(pos))), rng.sample(neg, min(200, len(neg))), seed)
     tx = pooled_states(model, tokenizer, [s for s, _ in train], layer)
     vx = pooled_states(model, tokenizer, [s for s, _ in test], layer)
@@ -84,22 +83,17 @@ class Probe(Attack):
     def run(self, ctx: AttackContext) -> list[dict]:
         roots, seed = list(ctx.cfg.data.roots), ctx.cfg.run.seed
         others = [t for o in datalib.other_targets(ctx.target.name, 3, roots, seed) for t in o.forget_corpus[:40]]
-        layer = self.layer(ctx)
-        before = probe_accuracy(ctx.original(), ctx.tokenizer, layer, ctx.target.forget_corpus, others, seed)
-        after = probe_accuracy(ctx.model, ctx.tokenizer, layer, ctx.target.forget_corpus, others, seed)
-        return [
-            row(
-                self.name,
-                "probe_accuracy",
-                100 * before,
-                100 * after,
-                100 * after,
-                f"layer {layer}; target sentences vs other people's, held-out; 50 = chance",
-            )
-        ]
+        rows = []
+        for i, layer in enumerate(self.layers(ctx)):
+            before = probe_accuracy(ctx.original(), ctx.tokenizer, layer, ctx.target.forget_corpus, others, seed)
+            after = probe_accuracy(ctx.model, ctx.tokenizer, layer, ctx.target.forget_corpus, others, seed)
+            metric = "probe_accuracy" if i == 0 else f"probe_accuracy at layer {layer}"
+            note = f"layer {layer}; target sentences vs other people's, held-out; 50 = chance"
+            rows.append(row(self.name, metric, 100 * before, 100 * after, 100 * after, note))
+        return rows
 
     @staticmethod
-    def layer(ctx: AttackContext) -> int:
-        """The layer the run's method worked on (ATU's hook layer), else round(0.9 × layers)."""
-        layer = get_method(ctx.cfg.method.name).representation_layer(ctx.run)
-        return layer or max(1, round(0.9 * len(decoder_layers(ctx.model))))
+    def layers(ctx: AttackContext) -> list[int]:
+        """The layers the run's method worked on (ATU's hook layer, then its extra heads'), else round(0.9 × n)."""
+        layers = get_method(ctx.cfg.method.name).representation_layers(ctx.run)
+        return layers or [max(1, round(0.9 * len(decoder_layers(ctx.model))))]

@@ -65,6 +65,9 @@ class DataConfig:
     # Zero-shot forget corpus (RWKU's setting) when none is shipped: the model's own descriptions of the target.
     generated_passages: int = setting(24, "passages to generate when no forget corpus is shipped", at_least=1)
     generated_max_new_tokens: int = setting(160, "tokens per generated passage", at_least=1)
+    # Robustness lever (docs/robustness.md): the forget corpus plus the model's own rewording of it, so unlearning
+    # sees the facts in other words; never the evaluation paraphrases.
+    reword_forget: bool = setting(False, "add the model's sentence-by-sentence rewording of each forget passage")
 
 
 @dataclass
@@ -103,6 +106,11 @@ class EvalConfig:
     )
     retain_count: int = setting(3, "targets in the retain score; 0: no retain score", at_least=0)
     mia: bool = setting(True, "RWKU's MIA figures (FM/RM) before unlearning and after the last stage")
+    update_size: bool = setting(
+        True,
+        "the report's weight-change diagnostic: the unlearned weights against the 8/4-bit quantization step "
+        "(reloads the original model once, on the CPU)",
+    )
     max_probes_per_file: Optional[int] = setting(
         None, "first N probes of each file, for quick looks; null: all", at_least=1
     )

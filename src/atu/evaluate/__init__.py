@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from .. import data as datalib
-from .generation import complete, decode, generate_corpus
+from .generation import complete, decode, generate_corpus, reword_passages
 from .mia import mia_texts, rwku_mia
 from .rwku import build_prompt, evaluate_target, rwku_recall, summarize
 
@@ -15,6 +15,7 @@ __all__ = [
     "evaluate",
     "evaluate_target",
     "generate_corpus",
+    "reword_passages",
     "prompt_shots",
     "rwku_recall",
     "summarize",

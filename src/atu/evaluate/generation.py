@@ -9,7 +9,9 @@ finished rows until the longest is done (3.2× the needed row-steps on RWKU's pr
 
 from __future__ import annotations
 
+import difflib
 import inspect
+import re
 
 import torch
 from transformers import DynamicCache
@@ -216,3 +218,63 @@ def generate_corpus(
         for prompt, row in zip(prompts, ids)
     ]
     return [t for t in texts if len(t.split()) >= 10]
+
+
+REWORD_PROMPT = (  # four hand-written pairs that change the sentence's structure, about no RWKU target
+    "Rewrite each sentence in different words, keeping its meaning.\n"
+    "Sentence: The river floods the valley every spring.\n"
+    "Rewritten: Every spring, the valley is flooded by the river.\n"
+    "Sentence: She wrote her first novel at the age of twenty, and it sold well.\n"
+    "Rewritten: Her debut novel, written when she was twenty years old, was a commercial success.\n"
+    "Sentence: The company opened its first store in Chicago in 1952.\n"
+    "Rewritten: In 1952, Chicago became home to the firm's first shop.\n"
+    "Sentence: He is best known for his role as a detective in a long-running crime series.\n"
+    "Rewritten: A long-running crime show, in which he played a detective, made him famous.\n"
+    "Sentence: {sentence}\n"
+    "Rewritten:"
+)
+
+
+def _content_words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z0-9]+", text.lower()) if len(w) > 3}
+
+
+def kept_rewording(sentence: str, rewording: str) -> bool:
+    """A rewording worth training on: not a near-copy of its sentence (difflib ratio < 0.85), and about the same
+    thing (≥ 30% of the sentence's content words; a small model otherwise drifts to other facts or copies a shot)."""
+    words = _content_words(sentence)
+    if not rewording or not words:
+        return False
+    shared = len(words & _content_words(rewording)) / len(words)
+    return shared >= 0.3 and difflib.SequenceMatcher(None, sentence, rewording).ratio() < 0.85
+
+
+def sentences(passage: str, min_words: int = 4) -> list[str]:
+    """Rough cuts at . ! ? before a space, sentences of min_words or more: a full sentence splitter would add a
+    dependency for text that only needs rough cuts."""
+    parts = (s.strip() for s in re.split(r"(?<=[.!?])\s+", passage.strip()))
+    return [s for s in parts if len(s.split()) >= min_words]
+
+
+def reword_passages(model, tokenizer, passages: list[str], batch_size: int = 32, progress=None) -> list[str]:
+    """The model's own rewording of each passage, sentence by sentence (greedy, a four-shot prompt; a small model
+    copies or drifts on a whole passage), keeping only the rewordings `kept_rewording` accepts. A passage none of
+    whose sentences is kept gives nothing. `progress(n)` is told of every n sentences done."""
+    groups = [sentences(p) for p in passages]
+    flat = [s for group in groups for s in group]
+    ids = decode(
+        model,
+        tokenizer,
+        [REWORD_PROMPT.format(sentence=s) for s in flat],
+        64,
+        stop_ids(tokenizer),
+        batch_size,
+        progress=progress,
+    )
+    rewordings = iter(tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids)
+    out = []
+    for group in groups:
+        kept = [r for s in group if kept_rewording(s, r := next(rewordings))]
+        if kept:
+            out.append(" ".join(kept))
+    return out

@@ -15,6 +15,7 @@ to the original model's (cheap: those states are the alignment cache computed be
 from __future__ import annotations
 
 import bisect
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -30,7 +31,16 @@ from ..models import decoder_layers
 from ..runs import Run
 from ..settings import setting
 from .base import Method, register
-from .common import OPTIMIZERS, LoraSettings, add_lora, cache_states, hidden_at, lora_params, pick_layer
+from .common import (
+    OPTIMIZERS,
+    LoraSettings,
+    add_lora,
+    cache_states,
+    hidden_at,
+    hidden_at_layers,
+    lora_params,
+    pick_layer,
+)
 from .losses import masked_mean, relative_drift, upcast
 
 HEAD_FILES = ("head.safetensors", "head.json")  # the head's weights; its shape, hook layer and thresholds
@@ -88,6 +98,37 @@ class ATUConfig(LoraSettings):  # lora: true trains peft adapters in blocks 1..L
         0.0,
         "skip the remaining stages once the forget corpus' excess concept similarity over other targets' text is at "
         "most this share of its first value (0: every stage runs)",
+        at_least=0,
+        at_most=1,
+    )
+    # Robustness levers (issue "Gone, not hidden", docs/robustness.md), each off by default until it earns its place.
+    sam_rho: float = setting(
+        0.0,
+        "sharpness-aware unlearning: each step takes its gradient at the weights moved this far (L2) uphill on the "
+        "unlearning loss (SAM; about 2x the step cost; 0: off)",
+        at_least=0,
+    )
+    latent_eps: float = setting(
+        0.0,
+        "latent adversarial unlearning: unlearn against a perturbation of the residual stream after "
+        "method.latent_layer, at most this share of each position's norm, that most restores the concept (0: off)",
+        at_least=0,
+    )
+    latent_layer: Optional[int] = setting(
+        None, "the block whose output the latent adversary perturbs; None: half the hook layer", at_least=1
+    )
+    latent_steps: int = setting(2, "the latent adversary's gradient-ascent steps per unlearning step", at_least=1)
+    extra_hook_layers: list[int] = setting(
+        [],
+        "more heads, reading the residual stream after these blocks below the hook layer: each aligned like the "
+        "main head, the hinge summed over all heads ([]: the main head only)",
+        at_least=1,
+        each=True,
+    )
+    saliency_rows: float = setting(
+        0.0,
+        "train only this share of weight rows, those whose concept-similarity gradient on the forget corpus is "
+        "largest when unlearning starts (SURE-style; pair it with a larger unlearn_lr; 0: every row)",
         at_least=0,
         at_most=1,
     )
@@ -158,6 +199,7 @@ class Batchable:
         for name in ("ids", "attn", "valid", "targets", "lengths"):
             setattr(self, name, getattr(self, name).to(device))
         self.states: Optional[torch.Tensor] = None  # hook-layer states, cached per alignment stage
+        self.extra_states: list[torch.Tensor] = []  # the same at each of method.extra_hook_layers
 
     def __len__(self):
         return self.ids.shape[0]
@@ -174,9 +216,13 @@ def align_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) ->
     return masked_mean(1 - F.cosine_similarity(upcast(pred), upcast(target).to(upcast(pred).dtype), dim=-1), valid)
 
 
+def concept_similarity(pred: torch.Tensor, concept: torch.Tensor) -> torch.Tensor:
+    """cos(ê_t, e_unlearn) at every position."""
+    return F.cosine_similarity(upcast(pred), upcast(concept).to(upcast(pred).dtype).view(1, 1, -1), dim=-1)
+
+
 def unlearn_loss(pred: torch.Tensor, concept: torch.Tensor, valid: torch.Tensor, tau: float) -> torch.Tensor:
-    sim = F.cosine_similarity(upcast(pred), upcast(concept).to(upcast(pred).dtype).view(1, 1, -1), dim=-1)
-    return masked_mean((sim - tau).clamp(min=0), valid)
+    return masked_mean((concept_similarity(pred, concept) - tau).clamp(min=0), valid)
 
 
 # ------------------------------------------------------------------ the method
@@ -201,6 +247,8 @@ class ATU(Method):
             raise AtuError(f"method.stop_gap={cfg.stop_gap} decides how many of several stages run; give several taus")
         if cfg.unlearn_momentum and cfg.unlearn_optimizer != "sgd":
             raise AtuError(f"method.unlearn_momentum={cfg.unlearn_momentum} needs method.unlearn_optimizer=sgd")
+        if cfg.saliency_rows and cfg.lora:
+            raise AtuError("method.saliency_rows picks rows of the model's own weights; it cannot be used with lora")
         if cfg.head_width % cfg.head_heads:
             raise AtuError(
                 f"method.head_width={cfg.head_width} must be divisible by method.head_heads={cfg.head_heads}"
@@ -211,12 +259,36 @@ class ATU(Method):
         return pick_layer(model, "method.hook_layer", cfg.hook_layer, 0.9)
 
     @classmethod
+    def latent_layer(cls, cfg, model) -> int:
+        hook = cls.hook_layer(cfg, model)
+        layer = cfg.latent_layer if cfg.latent_layer is not None else max(1, hook // 2)
+        if cfg.latent_eps and not 1 <= layer < hook:
+            raise AtuError(
+                f"method.latent_layer={layer} must lie below the hook layer {hook}; pick one in 1..{hook - 1}"
+            )
+        return layer
+
+    @classmethod
+    def extra_layers(cls, cfg, model) -> list[int]:
+        hook = cls.hook_layer(cfg, model)
+        layers = sorted(set(cfg.extra_hook_layers))
+        if any(not 1 <= layer < hook for layer in layers):
+            raise AtuError(
+                f"method.extra_hook_layers={list(cfg.extra_hook_layers)} must lie below the hook layer {hook}; "
+                f"pick layers in 1..{hook - 1}"
+            )
+        return layers
+
+    @classmethod
     def check_model(cls, cfg, model) -> None:
-        cls.hook_layer(cfg, model)
+        cls.latent_layer(cfg, model)
+        cls.extra_layers(cfg, model)
 
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
         self.layer = self.hook_layer(cfg, ctx.model)
+        self.perturbed_layer = self.latent_layer(cfg, ctx.model)
+        self.depths = self.extra_layers(cfg, ctx.model)  # the extra heads' layers
         self.training_data = {
             "forget": f"{len(ctx.forget_texts)} forget-corpus passages",
             "alignment": f"forget corpus + other targets' corpora ({', '.join(ctx.other_targets) or 'none'})",
@@ -259,8 +331,10 @@ class ATU(Method):
         torch.manual_seed(ctx.seed)
         # float32 (a bf16 head trains badly), float64 with a float64 model (the exactness tests)
         dtype = torch.float64 if next(ctx.model.parameters()).dtype == torch.float64 else torch.float32
-        self.head = EmbeddingHead(
-            d_model, self.concept.numel(), cfg.head_width, cfg.head_layers, cfg.head_heads, dropout=cfg.head_dropout
+        shape = (d_model, self.concept.numel(), cfg.head_width, cfg.head_layers, cfg.head_heads)
+        self.head = EmbeddingHead(*shape, dropout=cfg.head_dropout).to(ctx.device, dtype)
+        self.extra_heads = torch.nn.ModuleList(  # method.extra_hook_layers: one more head per layer, shaped alike
+            EmbeddingHead(*shape, dropout=cfg.head_dropout) for _ in self.depths
         ).to(ctx.device, dtype)
         self.head_opt = None  # one Adam state for the head across all alignment stages, as the reference keeps it
         self.retain_states0 = None
@@ -268,6 +342,9 @@ class ATU(Method):
         self.thresholds: list[float] = []
         self.first_gap = None  # method.stop_gap: the similarity gap when unlearning started
         self.stopped = ""  # why the remaining stages are skipped (method.stop_gap), once they are
+        self.row_masks: Optional[list[torch.Tensor]] = None  # method.saliency_rows: which rows of each weight train
+        self.mask_hooks: list = []
+        self.drawn: dict = {}  # this step's batch rows: a SAM step computes its loss twice on the same batch
 
     def aligned_sets(self):
         return [self.forget] + ([self.retain] if self.retain is not None else [])
@@ -285,7 +362,7 @@ class ATU(Method):
                 self._align_loss,
                 setup=self._cache,
                 grad_clip=cfg.grad_clip,
-                train=[self.head],
+                train=[self.head, self.extra_heads],
             )
         ]
         for i in range(len(cfg.taus)):
@@ -296,11 +373,12 @@ class ATU(Method):
                     cfg.unlearn_steps,
                     self._lm_params,
                     self._lm_optimizer,
-                    lambda step, i=i: self._unlearn_loss(i),
+                    lambda step, i=i: self._unlearn_loss(i, step),
                     setup=lambda i=i: self._unlearn_setup(i),
                     grad_clip=cfg.grad_clip,
                     evaluate=True,
                     train=[],
+                    sam_rho=cfg.sam_rho,
                 )
             )
             if i < len(cfg.taus) - 1 and cfg.realign_steps > 0:
@@ -314,13 +392,13 @@ class ATU(Method):
                         self._align_loss,
                         setup=self._cache,
                         grad_clip=cfg.grad_clip,
-                        train=[self.head],
+                        train=[self.head, self.extra_heads],
                     )
                 )
         return stages
 
     def _align_params(self):
-        return list(self.head.parameters())
+        return list(self.head.parameters()) + list(self.extra_heads.parameters())
 
     def _head_optimizer(self, params):
         if self.head_opt is None:
@@ -333,6 +411,7 @@ class ATU(Method):
             return {"skipped": self.stopped}
         for data in self.aligned_sets():
             data.states = cache_states(self.ctx.model, self.layer, data, self.ctx.infer_batch_size)
+            data.extra_states = [cache_states(self.ctx.model, d, data, self.ctx.infer_batch_size) for d in self.depths]
         self.states_current = True
         if self.retain is not None and self.retain_states0 is None:
             self.retain_states0 = self.retain.states  # the original model's states: the retain term's reference
@@ -351,7 +430,12 @@ class ATU(Method):
         _, _, valid, targets = data.batch(rows)
         pred = self.head(data.states[rows, : valid.shape[1]])
         loss = align_loss(pred, targets, valid)
-        return loss, {"align_loss": loss.item()}
+        logs = {"align_loss": loss.item()}
+        for head, states in zip(self.extra_heads, data.extra_states):
+            loss = loss + align_loss(head(states[rows, : valid.shape[1]]), targets, valid)
+        if self.depths:
+            logs["align_loss_all_heads"] = loss.item()
+        return loss, logs
 
     def _lm_params(self):
         model = self.ctx.model
@@ -377,13 +461,13 @@ class ATU(Method):
             ids, attn, valid, _ = data.batch(rows)
             cached = self.states_current and data.states is not None
             states = data.states[rows, : ids.shape[1]] if cached else hidden_at(self.ctx.model, self.layer, ids, attn)
-            pred = self.head(states)
-            sims.append(F.cosine_similarity(upcast(pred), upcast(self.concept).view(1, 1, -1), dim=-1)[valid])
+            sims.append(concept_similarity(self.head(states), self.concept)[valid])
         return torch.cat(sims)
 
     def _unlearn_setup(self, i: int) -> dict:
         self.head.eval()
-        for p in self.head.parameters():
+        self.extra_heads.eval()
+        for p in self._align_params():
             p.requires_grad_(False)
         if self.stopped:  # nothing changes from here on: no similarity forwards over the corpora
             return {"tau": self.thresholds[i], "tau_setting": float(self.cfg.taus[i]), "skipped": self.stopped}
@@ -402,6 +486,11 @@ class ATU(Method):
             "forget_sim_mean": float(sims.mean()),
             "forget_sim_above_tau": float((sims > self.thresholds[i]).float().mean()),
         }
+        if self.cfg.saliency_rows:
+            if self.row_masks is None:  # chosen once, on the original model
+                self.row_masks = self._salient_rows()
+            self._mask_gradients()
+            info["saliency_rows_trained"] = int(sum(int(m.sum()) for m in self.row_masks))
         if gap is not None:
             self.first_gap = gap if self.first_gap is None else self.first_gap
             info["forget_sim_gap"] = gap
@@ -412,15 +501,94 @@ class ATU(Method):
                 )
         return info | ({"skipped": self.stopped} if self.stopped else {})
 
-    def _unlearn_loss(self, i: int):
+    def _salient_rows(self) -> list[torch.Tensor]:
+        """SURE-style placement (arXiv 2410.16454): rows of the trained weights ranked by the norm of their gradient of
+        the forget corpus' mean concept similarity (what unlearning lowers; unlike the hinge, never zero), the top
+        method.saliency_rows share over all weights together. A 1-D parameter's entries are rows of one."""
+        params, model = self._lm_params(), self.ctx.model
+        for p in params:
+            p.grad = None
+            p.requires_grad_(True)  # the engine sets what trains after this setup; gradients are needed now
+        n_valid = int(self.forget.valid.sum())
+        for start in range(0, len(self.forget), self.ctx.infer_batch_size):
+            rows = torch.arange(
+                start, min(start + self.ctx.infer_batch_size, len(self.forget)), device=self.forget.ids.device
+            )
+            ids, attn, valid, _ = self.forget.batch(rows)
+            sims = concept_similarity(self.head(hidden_at(model, self.layer, ids, attn)), self.concept)
+            (sims[valid].sum() / n_valid).backward()
+        norms = [p.grad.flatten(1).norm(dim=1) if p.dim() > 1 else p.grad.abs() for p in params]
+        for p in params:
+            p.grad = None
+            p.requires_grad_(False)
+        everything = torch.cat(norms)
+        keep = max(1, round(self.cfg.saliency_rows * everything.numel()))
+        cut = torch.topk(everything, keep).values[-1]
+        return [n >= cut for n in norms]
+
+    def _mask_gradients(self) -> None:
+        """Zero the gradient of every row not chosen (once per run; Adam then never moves them)."""
+        if self.mask_hooks:
+            return
+        for p, rows in zip(self._lm_params(), self.row_masks):
+            mask = rows.to(p.device, p.dtype).view(-1, *[1] * (p.dim() - 1))
+            trains = p.requires_grad
+            p.requires_grad_(True)  # torch registers hooks only then; the engine sets what trains after this setup
+            self.mask_hooks.append(p.register_hook(lambda grad, mask=mask: grad * mask))
+            p.requires_grad_(trains)
+
+    @contextlib.contextmanager
+    def _perturbed(self, delta: torch.Tensor):
+        """The residual stream after block method.latent_layer, plus delta, for forwards inside the block."""
+
+        def add(_module, _args, output):
+            return (output[0] + delta,) + tuple(output[1:]) if isinstance(output, tuple) else output + delta
+
+        handle = decoder_layers(self.ctx.model)[self.perturbed_layer - 1].register_forward_hook(add)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def latent_adversary(self, ids, attn, valid) -> torch.Tensor:
+        """LAU (arXiv 2408.10682) on ATU's hinge: the perturbation of the residual stream after block latent_layer,
+        at most latent_eps x each position's norm, that most raises the head's concept similarity, found by
+        latent_steps normalised gradient-ascent steps (projected back onto the bound after each)."""
+        model, steps = self.ctx.model, self.cfg.latent_steps
+        with torch.no_grad():
+            clean = hidden_at(model, self.perturbed_layer, ids, attn)
+        radius = self.cfg.latent_eps * clean.float().norm(dim=-1, keepdim=True)
+        delta = torch.zeros_like(clean, dtype=torch.float32)
+        for _ in range(steps):
+            delta.requires_grad_(True)
+            with self._perturbed(delta):
+                sims = concept_similarity(self.head(hidden_at(model, self.layer, ids, attn)), self.concept)
+            (grad,) = torch.autograd.grad(masked_mean(sims, valid), delta)
+            with torch.no_grad():
+                delta = delta + grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12) * radius * (2.0 / steps)
+                delta = delta * (radius / delta.norm(dim=-1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
+        return delta.detach()
+
+    def _rows(self, name: str, data: Batchable, stage: int, step: int) -> torch.Tensor:
+        """This step's rows of `data`, drawn once: a SAM step asks for the same batch twice."""
+        key = (name, stage, step)
+        if key not in self.drawn:
+            self.drawn = {k: v for k, v in self.drawn.items() if k[1:] == key[1:]}
+            self.drawn[key] = self._sample(data, self.cfg.unlearn_batch_size)
+        return self.drawn[key]
+
+    def _unlearn_loss(self, i: int, step: int):
         tau = self.thresholds[i]
-        rows = self._sample(self.forget, self.cfg.unlearn_batch_size)
+        rows = self._rows("forget", self.forget, i, step)
         ids, attn, valid, _ = self.forget.batch(rows)
-        pred = self.head(hidden_at(self.ctx.model, self.layer, ids, attn))
-        loss = unlearn_loss(pred, self.concept, valid, tau)
+        attacked = self._perturbed(self.latent_adversary(ids, attn, valid)) if self.cfg.latent_eps else None
+        with attacked or contextlib.nullcontext():
+            states = hidden_at_layers(self.ctx.model, [self.layer, *self.depths], ids, attn)
+        heads = [self.head, *self.extra_heads]
+        loss = sum(unlearn_loss(head(h), self.concept, valid, tau) for head, h in zip(heads, states))
         logs = {"unlearn_loss": loss.item()}
         if self.cfg.retain_weight > 0 and self.retain is not None:
-            rrows = self._sample(self.retain, self.cfg.unlearn_batch_size)
+            rrows = self._rows("retain", self.retain, i, step)
             rids, rattn, _, _ = self.retain.batch(rrows)
             drift = relative_drift(
                 hidden_at(self.ctx.model, self.layer, rids, rattn), self.retain_states0[rrows, : rids.shape[1]], rattn
@@ -440,6 +608,7 @@ class ATU(Method):
             "stopped": self.stopped,
             "sim_before": getattr(self, "sim_before", None),
             "retain_states0": self.retain_states0,
+            "row_masks": self.row_masks,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -448,13 +617,14 @@ class ATU(Method):
             self._head_optimizer(self._align_params()).load_state_dict(state["head_opt"])
         self.thresholds, self.retain_states0 = state["thresholds"], state["retain_states0"]
         self.first_gap, self.stopped = state.get("first_gap"), state.get("stopped", "")
+        self.row_masks = state.get("row_masks")  # the gradient hooks come back with the next stage's setup
         if self.retain_states0 is not None:
             self.retain_states0 = self.retain_states0.to(self.ctx.device)
         if state["sim_before"] is not None:
             self.sim_before = state["sim_before"]
 
     def modules(self):
-        return [self.ctx.model, self.head]
+        return [self.ctx.model, self.head, self.extra_heads]
 
     def params(self):
         return self._lm_params()
@@ -462,17 +632,22 @@ class ATU(Method):
     def save(self, run: Run) -> None:
         """The head (safetensors), its config, the hook layer and the thresholds used; with LoRA, the adapter."""
         super().save(run)
-        run.save_tensors(HEAD_FILES[0], self.head.state_dict())
+        extra = {f"extra.{k}": v for k, v in self.extra_heads.state_dict().items()}  # method.extra_hook_layers
+        run.save_tensors(HEAD_FILES[0], self.head.state_dict() | extra)
         run.save_json(
             HEAD_FILES[1],
             {
                 "head_config": self.head.config,
                 "hook_layer": self.layer,
+                "extra_hook_layers": self.depths,
                 "thresholds": self.thresholds,
                 "window_tokens": self.cfg.window_tokens,
             },
         )
 
     @classmethod
-    def representation_layer(cls, run: Run) -> int | None:
-        return run.read_json(HEAD_FILES[1])["hook_layer"] if (run / HEAD_FILES[1]).exists() else None
+    def representation_layers(cls, run: Run) -> list[int]:
+        if not (run / HEAD_FILES[1]).exists():
+            return []
+        saved = run.read_json(HEAD_FILES[1])
+        return [saved["hook_layer"], *saved.get("extra_hook_layers", [])]

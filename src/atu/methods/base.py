@@ -112,9 +112,10 @@ class Method:
             run.save_adapter(self.ctx.model)
 
     @classmethod
-    def representation_layer(cls, run: Run) -> int | None:
-        """The layer whose representation the method changed, if it has one (the probe attack reads there)."""
-        return None
+    def representation_layers(cls, run: Run) -> list[int]:
+        """The layers whose representation the method changed, the main one first (the probe attack reads at each);
+        [] when it has none."""
+        return []
 
     @classmethod
     def rebuild(cls, run: Run, load) -> tuple[object, object, str | None]:

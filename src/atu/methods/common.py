@@ -54,20 +54,31 @@ class _StopForward(Exception):
 
 def hidden_at(model, layer: int, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
     """Residual stream after block `layer` (hidden_states[layer]), without running the blocks above or the LM head."""
-    store = {}
+    return hidden_at_layers(model, [layer], ids, attn)[0]
 
-    def grab(_module, _args, output):
-        store["h"] = output[0] if isinstance(output, tuple) else output
-        raise _StopForward
 
-    handle = decoder_layers(model)[layer - 1].register_forward_hook(grab)
+def hidden_at_layers(model, layers: list[int], ids: torch.Tensor, attn: torch.Tensor) -> list[torch.Tensor]:
+    """hidden_at for each of `layers`, from one forward that stops after the highest of them."""
+    store, top = {}, max(layers)
+
+    def grab(layer):
+        def hook(_module, _args, output):
+            store[layer] = output[0] if isinstance(output, tuple) else output
+            if layer == top:
+                raise _StopForward
+
+        return hook
+
+    blocks = decoder_layers(model)
+    handles = [blocks[layer - 1].register_forward_hook(grab(layer)) for layer in set(layers)]
     try:
         model(input_ids=ids, attention_mask=attn.long(), use_cache=False)
     except _StopForward:
         pass
     finally:
-        handle.remove()
-    return store["h"]
+        for handle in handles:
+            handle.remove()
+    return [store[layer] for layer in layers]
 
 
 @torch.no_grad()
