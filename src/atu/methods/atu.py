@@ -40,6 +40,7 @@ from .common import (
     hidden_at_layers,
     lora_params,
     pick_layer,
+    row_batches,
 )
 from .losses import masked_mean, relative_drift, upcast
 
@@ -456,8 +457,7 @@ class ATU(Method):
         same numbers as a new forward, without its cost)."""
         self.head.eval()
         sims = []
-        for start in range(0, len(data), self.ctx.infer_batch_size):
-            rows = torch.arange(start, min(start + self.ctx.infer_batch_size, len(data)), device=data.ids.device)
+        for rows in row_batches(data, self.ctx.infer_batch_size):
             ids, attn, valid, _ = data.batch(rows)
             cached = self.states_current and data.states is not None
             states = data.states[rows, : ids.shape[1]] if cached else hidden_at(self.ctx.model, self.layer, ids, attn)
@@ -510,10 +510,7 @@ class ATU(Method):
             p.grad = None
             p.requires_grad_(True)  # the engine sets what trains after this setup; gradients are needed now
         n_valid = int(self.forget.valid.sum())
-        for start in range(0, len(self.forget), self.ctx.infer_batch_size):
-            rows = torch.arange(
-                start, min(start + self.ctx.infer_batch_size, len(self.forget)), device=self.forget.ids.device
-            )
+        for rows in row_batches(self.forget, self.ctx.infer_batch_size):
             ids, attn, valid, _ = self.forget.batch(rows)
             sims = concept_similarity(self.head(hidden_at(model, self.layer, ids, attn)), self.concept)
             (sims[valid].sum() / n_valid).backward()

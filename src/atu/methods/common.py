@@ -81,12 +81,17 @@ def hidden_at_layers(model, layers: list[int], ids: torch.Tensor, attn: torch.Te
     return [store[layer] for layer in layers]
 
 
+def row_batches(data, batch_size: int):
+    """The row indices of `data` (anything with ids) in consecutive batches of at most batch_size."""
+    for start in range(0, len(data), batch_size):
+        yield torch.arange(start, min(start + batch_size, len(data)), device=data.ids.device)
+
+
 @torch.no_grad()
 def cache_states(model, layer: int, data, batch_size: int) -> torch.Tensor:
     """hidden_at for every row of `data` (anything with ids, attn, lengths), zero-padded to data's full width."""
     out = None
-    for start in range(0, len(data), batch_size):
-        rows = torch.arange(start, min(start + batch_size, len(data)), device=data.ids.device)
+    for rows in row_batches(data, batch_size):
         T = int(data.lengths[rows].max())
         h = hidden_at(model, layer, data.ids[rows, :T], data.attn[rows, :T])
         if out is None:
