@@ -37,9 +37,12 @@ def environment(device: torch.device) -> dict:
             else [platform.processor()]
         )
         name = f"{model[0] if model else 'cpu'} ({torch.get_num_threads()} threads)"
+    from atu.models import fast_bf16
+
     return {
         "device": str(device),
         "device_name": name,
+        "fast_bf16": fast_bf16(device),  # avx512_bf16/AMX on a CPU: whether bf16 paths are worth taking
         "date": time.strftime("%F %T"),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -54,8 +57,13 @@ def sync(device: torch.device) -> None:
 
 
 def result_path(name: str, device: torch.device, model: str) -> Path:
+    """results/<name>-<device>-<model>.json; a CPU without fast bf16 gets its own file (`-nobf16`): the bf16 paths'
+    timings differ by up to 7x between such CPUs, so one must not overwrite the other."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    return RESULTS / f"{name}-{device.type}-{Path(model).name}.json"
+    from atu.models import fast_bf16
+
+    suffix = "" if device.type != "cpu" or fast_bf16(device) else "-nobf16"
+    return RESULTS / f"{name}-{device.type}{suffix}-{Path(model).name}.json"
 
 
 def load_models(model_name: str, encoder_name: str, device: torch.device, dtype: torch.dtype):

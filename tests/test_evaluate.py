@@ -426,3 +426,22 @@ def test_a_rewording_is_kept_only_when_it_is_neither_a_copy_nor_about_something_
         "Curb Records signed her in 2004.",
         "Then she toured Europe for a year!",
     ]
+
+
+def test_the_bf16_greedy_head_picks_the_float32_argmax_even_for_near_ties():
+    """GreedyHead (used on CPUs with fast bf16) ranks in bf16 and must agree with the float32 argmax on every row,
+    including rows whose two best tokens differ by less than bf16 can resolve."""
+    from atu.evaluate.generation import GreedyHead
+
+    torch.manual_seed(0)
+    weight, bias = torch.randn(5000, 64), torch.randn(5000) * 0.1
+    hidden = torch.randn(40, 64)
+    exact = torch.nn.functional.linear(hidden, weight, bias)
+    best, second = exact.topk(2, dim=-1).indices.unbind(-1)
+    tie = torch.arange(20)  # half the rows: the runner-up moved to 1e-5 below the best, within bf16's error
+    weight[second[tie]] = weight[best[tie]]
+    bias[second[tie]] = bias[best[tie]] - 1e-5
+    exact = torch.nn.functional.linear(hidden, weight, bias)
+    assert (exact.topk(2, dim=-1).values.diff(dim=-1).abs()[tie] < 1e-4).all()
+    assert torch.equal(GreedyHead(weight, bias)(hidden), exact.argmax(-1))
+    assert torch.equal(GreedyHead(weight, None)(hidden), torch.nn.functional.linear(hidden, weight).argmax(-1))

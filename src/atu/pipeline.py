@@ -44,7 +44,7 @@ from .evaluate.utility import utility
 from .loggers import MetricsLog, check_loggers
 from .methods import RunContext, get_method, rebuild
 from .methods.common import lora_modules
-from .models import decoder_layers, load_encoder, load_lm, max_context, pick_device
+from .models import decoder_layers, fast_bf16, load_encoder, load_lm, max_context, pick_device
 from .quantization import update_size_rows
 from .runs import Run
 
@@ -362,7 +362,8 @@ class Job:
             seed=cfg.run.seed,
             max_length=cfg.data.max_length,
             encoder_batch_size=cfg.encoder.batch_size,
-            encoder_bf16=cfg.encoder.precision == "bf16",
+            encoder_bf16=cfg.encoder.precision == "bf16"
+            or (cfg.encoder.precision == "auto" and fast_bf16(self.device)),
             infer_batch_size=cfg.eval.batch_size,
             notes=self.notes,
         )
@@ -379,6 +380,7 @@ class Job:
                 "forget_corpus": self.target.forget_corpus_source,
                 "forget_passages": len(ctx.forget_texts),
                 "other_targets": ctx.other_targets,
+                "encoder_precision": "bf16" if ctx.encoder_bf16 else "float32",  # encoder.precision=auto resolved
                 "versions": runs.versions(),
                 "started": time.strftime("%F %T"),
             }

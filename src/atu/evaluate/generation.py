@@ -17,6 +17,7 @@ import torch
 from transformers import DynamicCache
 
 from ..distributed import is_sharded
+from ..models import fast_bf16
 
 
 def stop_ids(tokenizer, newline: bool = True) -> set[int]:
@@ -100,11 +101,11 @@ class GreedyHead:
     """The greedy token of a float32 LM head, computed in bf16 and made exact.
 
     On a CPU a decoding step is mostly the LM head (640 × 262k multiply-adds per row for the embedded model), and a
-    bf16 matrix product runs it 4× faster there (avx512_bf16). bf16 logits can misorder close tokens, so the k best
-    are recomputed in float32, and the result is accepted only when no other token can beat them: its bf16 logit
-    plus the largest bf16 error (2^-7 ‖h‖ max‖w‖ for rounding the operands, 2^-8 |logit| for the result) stays below
-    the best exact one. A row that fails the check gets its full float32 logits. Written by hand: no library does
-    exact reduced-precision argmax."""
+    bf16 matrix product runs it 4× faster there with avx512_bf16 (2× slower without, hence `fast_bf16`). bf16 logits
+    can misorder close tokens, so the k best are recomputed in float32, and the result is accepted only when no other
+    token can beat them: its bf16 logit plus the largest bf16 error (2^-7 ‖h‖ max‖w‖ for rounding the operands,
+    2^-8 |logit| for the result) stays below the best exact one. A row that fails the check gets its full float32
+    logits. Written by hand: no library does exact reduced-precision argmax."""
 
     K = 32
 
@@ -115,9 +116,9 @@ class GreedyHead:
 
     @classmethod
     def of(cls, model) -> GreedyHead | None:
-        """For a float32 LM head on a CPU (elsewhere the plain logits are as fast); None otherwise."""
+        """For a float32 LM head on a CPU with fast bf16 (elsewhere the plain logits are as fast or faster)."""
         lm = model.get_output_embeddings()
-        if lm is None or lm.weight.dtype != torch.float32 or lm.weight.device.type != "cpu":
+        if lm is None or lm.weight.dtype != torch.float32 or lm.weight.device.type != "cpu" or not fast_bf16("cpu"):
             return None
         return cls(lm.weight, lm.bias)
 
