@@ -64,6 +64,9 @@ def test_tiny_unlearn_run_writes_a_complete_loadable_run_folder(tmp_path):
     ), written
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "done" and run["target"] == "Stephen King" and len(run["other_targets"]) == 1
+    from atu.models import fast_bf16  # encoder.precision=auto: bf16 only where this CPU has fast bf16, recorded
+
+    assert run["encoder_precision"] == ("bf16" if fast_bf16("cpu") else "float32")
     events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [e for e in events if e["event"] == "eval"]
     assert [e["stage"] for e in evals] == ["before", "unlearn1", "unlearn2"]
