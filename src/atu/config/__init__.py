@@ -48,7 +48,7 @@ class EncoderConfig:
     )
     batch_size: int = setting(256, "windows per encoder call", at_least=1)
     # Measured on all-MiniLM-L6-v2, 2 CPU cores with avx512_bf16: bf16 autocast encodes windows 1.6-2.1x faster with
-    # cosine >= 0.9999 to the float32 embeddings; on an AVX2-only CPU it is 7x slower (benchmarks/README.md).
+    # cosine >= 0.9999 to the float32 embeddings; on an AVX2-only CPU it is 8x slower (benchmarks/README.md).
     precision: str = setting(
         "auto",
         "the encoder's arithmetic: bf16 autocast, float32, or auto (bf16 on a GPU or a CPU with avx512_bf16/AMX)",
