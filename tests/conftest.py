@@ -6,6 +6,24 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+# Parallel workers (pytest-xdist, pyproject addopts) share the cores: each worker, and the processes its tests start,
+# gets its share of threads, so two workers on two cores do not each run two threads and thrash.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    _share = max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = str(_share)
+    torch.set_num_threads(_share)
+
+
+# Modules whose tests start processes or run the real model (tens of seconds to minutes each), started first so the
+# parallel workers never finish on one long test alone; the order within each group is unchanged.
+LONG_FIRST = ("test_embedded.py", "test_scale.py", "test_resume.py", "test_report.py", "test_attacks.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FIRST)))
+
 
 @pytest.fixture(scope="session")
 def tokenizer():

@@ -89,6 +89,12 @@ def test_target_means_average_methods_over_all_and_known_targets_with_attack_col
     assert means[("atu", "mean of 2 targets")]["quant4: forget_all"] == 2.5
     assert means[("ga", "mean of 2 targets")]["forget_all"] == 0.0  # only the targets a method ran on
     assert means[("ga", "mean of 2 targets")].get("quant4: forget_all") is None
+    # the attack column's spread is shown in it ("2.5 ± 2.1"), never as a column of its own
+    from atu.report import compare_table
+
+    shown = compare_table(target_means(finals), list(COLUMNS))
+    assert [h for h in shown.headers if "quant4" in h] == ["quant4: forget_all"]
+    assert any("2.5 ± 2.1" in cell for body in shown.rows for cell in body)
 
 
 def test_several_seeds_become_one_row_per_target_with_the_standard_deviation():

@@ -179,7 +179,8 @@ def matched_attack_table(results: dict[str, tuple[dict, list[dict]]]) -> Table:
 
 def compare_table(rows: list[dict], columns: list[str]) -> Table:
     """One row per method and target (and the means): the score columns, time, size, then any attack columns."""
-    extra = list(dict.fromkeys(k for r in rows for k in r if ": " in k))  # "quant4: forget_all", when attacks ran
+    # "quant4: forget_all", when attacks ran; a mean row's "<key>_sd" is shown as "± sd" in its key's column
+    extra = list(dict.fromkeys(k for r in rows for k in r if ": " in k and not k.endswith("_sd")))
     body = [
         [r["method"], r["target"]]
         + [_mean_sd(r, k) for k in columns]
