@@ -117,18 +117,17 @@ def _context(model, tokenizer):
 
 
 def _method(name, model, tokenizer, **settings):
-    cfg = method_config(OmegaConf.merge(_shipped_settings(name), {"name": name, **settings}))
-    return get_method(name)(cfg, _context(model, tokenizer))
+    return get_method(name)(_method_config(name, **settings), _context(model, tokenizer))
 
 
-def _shipped_settings(name):
-    """The method's shipped YAML without its Hydra defaults list (read in place: no shared temporary file, which
-    parallel test workers would race on)."""
+def _method_config(name, **settings):
+    """The method's shipped YAML (without its Hydra defaults list, read in place: no shared temporary file, which
+    parallel test workers would race on) with `settings` over it."""
     from importlib.resources import files
 
     node = OmegaConf.load(str(files("atu.config").joinpath(f"method/{name}.yaml")))
     node.pop("defaults", None)
-    return node
+    return method_config(OmegaConf.merge(node, {"name": name, **settings}))
 
 
 def _train(method):
@@ -264,7 +263,7 @@ def test_atu_quantile_thresholds_come_from_the_forget_corpus_similarity_after_al
 
     model = tiny_lm(seed=2).eval()
     settings = dict(tau_mode="quantile", taus=[0.75, 0.25], align_steps=4, realign_steps=2, unlearn_steps=2)
-    cfg = method_config(OmegaConf.merge(_shipped_settings("atu"), {"name": "atu", **settings}))
+    cfg = _method_config("atu", **settings)
     ctx = _context(model, tokenizer)
     ctx.encoder = encoder
     method = get_method("atu")(cfg, ctx)
@@ -297,7 +296,7 @@ def test_atu_stop_gap_skips_the_stages_left_once_the_forget_text_is_no_closer_to
         retain_weight=0.0,
         stop_gap=1.0,  # stop as soon as the gap has not grown
     )
-    cfg = method_config(OmegaConf.merge(_shipped_settings("atu"), {"name": "atu", **settings}))
+    cfg = _method_config("atu", **settings)
     ctx = _context(model, tokenizer)
     ctx.encoder, ctx.retain_texts = encoder, GENERAL
     method = get_method("atu")(cfg, ctx)
@@ -324,7 +323,7 @@ SHORT_RUN = dict(align_steps=4, realign_steps=0, taus=[0.0], unlearn_steps=3, un
 def _atu(tokenizer, encoder, seed=2, **settings):
     from atu.models import tiny_lm
 
-    cfg = method_config(OmegaConf.merge(_shipped_settings("atu"), {"name": "atu", **settings}))
+    cfg = _method_config("atu", **settings)
     ctx = _context(tiny_lm(seed=seed).eval(), tokenizer)
     ctx.encoder = encoder
     return get_method("atu")(cfg, ctx)

@@ -156,8 +156,7 @@ def seed_means(finals: list[dict]) -> list[dict]:
 
 
 def _mean_row(group: list[dict], first: dict) -> dict:
-    extra = dict.fromkeys(k for g in group for k in g if ": " in k and not k.endswith("_sd"))
-    keys = list(COLUMNS) + list(extra) + ["seconds"]
+    keys = list(COLUMNS) + report.extra_columns(group) + ["seconds"]
     row = {**first, **{k: _mean([g.get(k) for g in group]) for k in keys}, "n_runs": len(group)}
     if len(group) > 1:
         row |= {f"{k}_sd": _sd([g.get(k) for g in group]) for k in keys if k != "seconds"}

@@ -177,10 +177,15 @@ def matched_attack_table(results: dict[str, tuple[dict, list[dict]]]) -> Table:
     return Table(["Attack", "Metric"] + list(results), out, [False, False] + [True] * len(results))
 
 
+def extra_columns(rows: list[dict]) -> list[str]:
+    """The rows' "<source>: <metric>" keys ("quant4: forget_all" when attacks ran), in first-seen order. A mean row's
+    "<key>_sd" is not a column: it is shown as "± sd" in its key's column."""
+    return list(dict.fromkeys(k for r in rows for k in r if ": " in k and not k.endswith("_sd")))
+
+
 def compare_table(rows: list[dict], columns: list[str]) -> Table:
     """One row per method and target (and the means): the score columns, time, size, then any attack columns."""
-    # "quant4: forget_all", when attacks ran; a mean row's "<key>_sd" is shown as "± sd" in its key's column
-    extra = list(dict.fromkeys(k for r in rows for k in r if ": " in k and not k.endswith("_sd")))
+    extra = extra_columns(rows)
     body = [
         [r["method"], r["target"]]
         + [_mean_sd(r, k) for k in columns]
