@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 import torch
 from conftest import run_atu
 
@@ -160,3 +162,16 @@ def test_atu_with_lora_trains_adapters_below_the_hook_and_saves_the_merged_model
         for x, y in zip(decoder_layers(original).parameters(), decoder_layers(unlearned).parameters())
     ]
     assert any(changed[: 2 * per_block]) and not any(changed[2 * per_block :])
+
+
+def test_entry_points_keep_bitsandbytes_optional_kernel_warnings_off_the_terminal():
+    """On CPUs with avx512_bf16, importing bitsandbytes (peft and sentence-transformers do) warns that it could not
+    fetch an optional kernel from the hub; atu's entry points silence that (elsewhere this passes either way)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("bitsandbytes")
+    code = "from atu.cli import offline_and_quiet; offline_and_quiet(); import sentence_transformers, peft"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "kernels-community" not in done.stderr and "publisher trust" not in done.stderr, done.stderr[-2000:]

@@ -8,6 +8,7 @@ answer at once instead of after loading torch and transformers.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -44,10 +45,20 @@ Overrides, e.g.: target="Bruce Lee"  model=phi3_mini  model.name_or_path=/path/t
 """
 
 
+def offline_and_quiet() -> None:
+    """Every entry point starts here, before torch or the Hugging Face libraries are imported: no hub access unless
+    the user turns it on, and no third-party warnings that read like failures of ours. bitsandbytes (imported by
+    peft and sentence-transformers) tries, on CPUs with avx512_bf16, to fetch an optional 4-bit kernel from the hub
+    and warns twice when it cannot; its own CPU code runs then, so there is nothing for a user to act on."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    for name in ("bitsandbytes.backends.cpu.ops", "kernels._internals.hf_hub"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub unless the user turns this off
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    offline_and_quiet()
     signal.signal(signal.SIGTERM, _terminate)  # SLURM preemption / scancel: stop like Ctrl-C, run.json says so
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(HELP)

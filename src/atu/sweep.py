@@ -10,12 +10,12 @@ differs only in launching. A failed job prints its one-line error and the sweep 
 
 from __future__ import annotations
 
-import os
 import sys
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from .cli import offline_and_quiet
 from .config import _register, check
 from .errors import AtuError
 from .methods import method_config
@@ -45,8 +45,7 @@ def job(cfg: DictConfig) -> int:
 
 
 def main() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    offline_and_quiet()
     job()
 
 
