@@ -171,7 +171,7 @@ def test_entry_points_keep_bitsandbytes_optional_kernel_warnings_off_the_termina
     import sys
 
     pytest.importorskip("bitsandbytes")
-    code = "from atu.cli import offline_and_quiet; offline_and_quiet(); import sentence_transformers, peft"
+    code = "from atu.environment import offline_and_quiet; offline_and_quiet(); import sentence_transformers, peft"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "kernels-community" not in done.stderr and "publisher trust" not in done.stderr, done.stderr[-2000:]

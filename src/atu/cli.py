@@ -8,13 +8,12 @@ answer at once instead of after loading torch and transformers.
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import signal
 import sys
 import time
 from pathlib import Path
 
+from .environment import offline_and_quiet
 from .errors import AtuError
 
 HELP = """\
@@ -43,17 +42,6 @@ atu: make a language model forget a concept, and measure that it is gone.
 Overrides, e.g.: target="Bruce Lee"  model=phi3_mini  model.name_or_path=/path/to/model  method.taus=[0.5,0.4]
                  method.hook_layer=14  run.output_dir=runs/x  data.roots=[/data/RWKU/Target]  run.device=cuda
 """
-
-
-def offline_and_quiet() -> None:
-    """Every entry point starts here, before torch or the Hugging Face libraries are imported: no hub access unless
-    the user turns it on, and no third-party warnings that read like failures of ours. bitsandbytes (imported by
-    peft and sentence-transformers) tries, on CPUs with avx512_bf16, to fetch an optional 4-bit kernel from the hub
-    and warns twice when it cannot; its own CPU code runs then, so there is nothing for a user to act on."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    for name in ("bitsandbytes.backends.cpu.ops", "kernels._internals.hf_hub"):
-        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def main(argv: list[str] | None = None) -> int:

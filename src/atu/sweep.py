@@ -15,8 +15,8 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from .cli import offline_and_quiet
 from .config import _register, check
+from .environment import offline_and_quiet
 from .errors import AtuError
 from .methods import method_config
 from .pipeline import resumable, resume_config, unlearn
