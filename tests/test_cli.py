@@ -175,3 +175,17 @@ def test_entry_points_keep_bitsandbytes_optional_kernel_warnings_off_the_termina
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "kernels-community" not in done.stderr and "publisher trust" not in done.stderr, done.stderr[-2000:]
+
+
+def test_atu_sweep_jobs_run_offline_even_when_a_launcher_imports_them_without_main():
+    """`atu-sweep` sets HF_HUB_OFFLINE before huggingface_hub reads it (at import): a SLURM worker imports the module
+    and runs `job` without `main`, and setting it inside `main` came after the import."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    code = "import atu.sweep, huggingface_hub.constants as c; print(c.HF_HUB_OFFLINE)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "True"

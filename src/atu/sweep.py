@@ -12,15 +12,20 @@ from __future__ import annotations
 
 import sys
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
-
-from .config import _register, check
 from .environment import offline_and_quiet
-from .errors import AtuError
-from .methods import method_config
-from .pipeline import resumable, resume_config, unlearn
-from .runs import Run
+
+# before hydra, torch and the Hugging Face libraries are imported (they read the environment then), and at import:
+# a launcher's worker (submitit on SLURM) imports this module and calls `job` without running `main`
+offline_and_quiet()
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from .config import _register, check  # noqa: E402
+from .errors import AtuError  # noqa: E402
+from .methods import method_config  # noqa: E402
+from .pipeline import resumable, resume_config, unlearn  # noqa: E402
+from .runs import Run  # noqa: E402
 
 _register()
 
@@ -45,7 +50,6 @@ def job(cfg: DictConfig) -> int:
 
 
 def main() -> None:
-    offline_and_quiet()
     job()
 
 
