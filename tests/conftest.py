@@ -3,8 +3,9 @@ import os
 import pytest
 import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+from atu.environment import offline_and_quiet
+
+offline_and_quiet()  # the tests' processes start like the commands: offline, third-party noise off
 
 # Parallel workers (pytest-xdist, pyproject addopts) share the cores: each worker, and the processes its tests start,
 # gets its share of threads, so two workers on two cores do not each run two threads and thrash.

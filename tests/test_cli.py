@@ -1,9 +1,11 @@
 """The command as a user runs it: tiny model end to end (bad inputs: test_bad_input.py)."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
-
 import torch
 from conftest import run_atu
 
@@ -167,9 +169,6 @@ def test_atu_with_lora_trains_adapters_below_the_hook_and_saves_the_merged_model
 def test_entry_points_keep_bitsandbytes_optional_kernel_warnings_off_the_terminal():
     """On CPUs with avx512_bf16, importing bitsandbytes (peft and sentence-transformers do) warns that it could not
     fetch an optional kernel from the hub; atu's entry points silence that (elsewhere this passes either way)."""
-    import subprocess
-    import sys
-
     pytest.importorskip("bitsandbytes")
     code = "from atu.environment import offline_and_quiet; offline_and_quiet(); import sentence_transformers, peft"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -180,10 +179,6 @@ def test_entry_points_keep_bitsandbytes_optional_kernel_warnings_off_the_termina
 def test_atu_sweep_jobs_run_offline_even_when_a_launcher_imports_them_without_main():
     """`atu-sweep` sets HF_HUB_OFFLINE before huggingface_hub reads it (at import): a SLURM worker imports the module
     and runs `job` without `main`, and setting it inside `main` came after the import."""
-    import os
-    import subprocess
-    import sys
-
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
     code = "import atu.sweep, huggingface_hub.constants as c; print(c.HF_HUB_OFFLINE)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
