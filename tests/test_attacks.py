@@ -15,7 +15,7 @@ from atu.attacks.relearn import split_probes
 from atu.attacks.rephrase import on_original_scale, paired_scores
 from atu.data import Probe
 from atu.metrics import recovered
-from atu.runs import Run
+from atu.runs import Run, finished_runs
 from atu.evaluate.mia import auc, loss_score, min_k_score, zlib_score
 from test_cli import TINY, atu
 
@@ -188,6 +188,7 @@ def test_atu_attack_over_a_tiny_run_writes_the_robustness_table(tmp_path):
         "unlearn1",
     ]
     assert not (out / "points" / "unlearn2").exists()  # the last evaluation's model is the run's own
+    assert [r.path for r in finished_runs(tmp_path)] == [out]  # compare --collect: points are on the run's front
     r = atu("attack", str(out), "--attacks", "quant4,bnb4,update_size,relearn,incontext,rephrase,mia,probe")
     assert r.returncode == 0, r.stderr[-2000:]
     rows = json.loads((out / "attacks" / "attacks.json").read_text())

@@ -84,6 +84,20 @@ def test_token_logps_are_log_probabilities_of_the_next_token(tiny_model, tokeniz
     assert not mask[0, 0] or seqs.labels[0, 1] != -100
 
 
+def test_logps_of_prompt_answer_pairs_skip_the_prompt_and_equal_the_full_logits(tiny_model, tokenizer):
+    pairs = [
+        ("Question: where was Warren Buffett born?\nAnswer:", "Omaha"),
+        ("Q: who?\nA:", "Warren Buffett, an investor"),
+    ]
+    seqs = prompt_answer_sequences(pairs, tokenizer, 64, "cpu")
+    logps, mask = token_logps(tiny_model, seqs)
+    full = tiny_model(input_ids=seqs.ids, attention_mask=seqs.attn.long()).logits.log_softmax(-1)[:, :-1]
+    labels = seqs.labels[:, 1:]
+    by_hand = (full.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (labels != -100)).sum(1)
+    assert torch.allclose(logps.sum(1), by_hand, atol=1e-5) and by_hand.abs().min() > 0
+    assert int(mask.sum()) == int((labels != -100).sum()) and logps.shape[1] < labels.shape[1]  # prompts skipped
+
+
 def test_rmu_forget_loss_is_zero_at_the_control_vector_and_grows_away_from_it():
     control = torch.tensor([3.0, 4.0])
     h = control.view(1, 1, 2).repeat(1, 3, 1)

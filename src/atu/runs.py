@@ -357,8 +357,10 @@ def read_json_or(path: Path, default):
 
 
 def finished_runs(folder: Path) -> list[Run]:
-    """Every finished run folder below `folder` (a sweep or a comparison), sorted by path."""
-    return [Run(p.parent) for p in sorted(Path(folder).rglob(INFO)) if Run(p.parent).status() == "done"]
+    """Every finished run folder below `folder` (a sweep or a comparison), sorted by path. The models a run kept at
+    its evaluation points (eval.save_points, RUN/points/<stage>/) belong to that run's front, not runs of their own."""
+    found = [Run(p.parent) for p in sorted(Path(folder).rglob(INFO))]
+    return [run for run in found if run.status() == "done" and "point_of" not in run.info()]
 
 
 def read_csv(path: Path) -> list[dict]:

@@ -160,9 +160,16 @@ def prompt_answer_sequences(pairs: list[tuple[str, str]], tokenizer, max_length:
 
 
 def token_logps(model, seqs: Sequences) -> tuple[torch.Tensor, torch.Tensor]:
-    """log p(label_t | tokens < t) at every position, and the mask of positions that carry a label."""
-    logits = model(input_ids=seqs.ids, attention_mask=seqs.attn.long(), use_cache=False).logits[:, :-1]
+    """log p(label_t | tokens < t) at every position from the first one any row labels, and the mask of those
+    positions that carry a label. The LM head runs only there (logits_to_keep): on prompt-answer pairs (relearning,
+    IDK, DPO) most positions are prompt, and with a 262k vocabulary the head and its loss are most of a step."""
     labels = seqs.labels[:, 1:]
+    labelled = (labels != IGNORE).any(0).nonzero()
+    labels = labels[:, int(labelled[0]) if len(labelled) else -1 :]
+    out = model(
+        input_ids=seqs.ids, attention_mask=seqs.attn.long(), use_cache=False, logits_to_keep=labels.shape[1] + 1
+    )
+    logits = out.logits[:, :-1]
     mask = labels != IGNORE
     # cross_entropy on the flat view avoids materialising a second (batch, T, vocab) log-softmax tensor
     nll = F.cross_entropy(
