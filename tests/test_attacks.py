@@ -11,7 +11,7 @@ import torch
 from atu.attacks.incontext import with_context
 from atu.attacks.probe import fit_and_score, split
 from atu.quantization import quantize_model, quantize_rtn, update_size
-from atu.attacks.relearn import split_probes
+from atu.attacks.relearn import split_probes, worst_case
 from atu.attacks.rephrase import on_original_scale, paired_scores
 from atu.data import Probe
 from atu.metrics import recovered
@@ -109,6 +109,14 @@ def _probes(n):
     return [
         Probe(query=f"Question number {i}?", answer=f"answer {i}", level="2", type="", subject="X") for i in range(n)
     ]
+
+
+def test_relearning_worst_case_is_the_highest_score_and_on_a_tie_the_larger_recovery():
+    lr6 = {"metric": "lr 1e-06", "before": 28.6, "after": 28.6, "after_attack": 42.9}  # original not above: no share
+    lr5 = {"metric": "lr 1e-05", "before": 42.9, "after": 28.6, "after_attack": 42.9}  # 100% of what was forgotten
+    lr4 = {"metric": "lr 1e-04", "before": 28.6, "after": 28.6, "after_attack": 14.3}
+    assert worst_case([lr6, lr5, lr4]) is lr5 and worst_case([lr5, lr6]) is lr5
+    assert worst_case([lr4, dict(lr6, after_attack=57.1), lr5])["metric"] == "lr 1e-06"  # the higher score first
 
 
 def test_relearning_split_never_trains_on_the_questions_it_scores():

@@ -4,12 +4,14 @@ the other half. Knowledge that was only hidden comes back from a handful of rela
 from __future__ import annotations
 
 import copy
+import math
 import random
 
 import torch
 
 from ..errors import AtuError
 from ..evaluate.rwku import build_prompt
+from ..metrics import recovered
 from ..methods.common import mean_nll, prompt_answer_sequences
 from .base import Attack, AttackContext, mean_score, register, row
 
@@ -75,10 +77,16 @@ class Relearn(Attack):
             rows.append(
                 row(self.name, f"forget_qa, lr {lr:g}", relearned["original"], after, relearned["unlearned"], note)
             )
-        # the attacker's best: the highest held-out score any learning rate brought the unlearned model to
-        worst = max(rows, key=lambda r: -1.0 if r["after_attack"] is None else r["after_attack"])
-        rows.append({**worst, "metric": "forget_qa, worst lr"})
+        rows.append({**worst_case(rows), "metric": "forget_qa, worst lr"})
         return rows
+
+
+def worst_case(rows: list[dict]) -> dict:
+    """The attacker's best learning rate: the highest held-out score it brought the unlearned model to; on a tie
+    (7 held-out questions make ties common), the one that recovered the larger share of what was forgotten."""
+    score = lambda r: -1.0 if r["after_attack"] is None else r["after_attack"]
+    share = lambda r: recovered(r) if recovered(r) is not None else -math.inf
+    return max(rows, key=lambda r: (score(r), share(r)))
 
 
 def _fmt(value) -> str:
