@@ -162,7 +162,8 @@ def prompt_answer_sequences(pairs: list[tuple[str, str]], tokenizer, max_length:
 def token_logps(model, seqs: Sequences) -> tuple[torch.Tensor, torch.Tensor]:
     """log p(label_t | tokens < t) at every position from the first one any row labels, and the mask of those
     positions that carry a label. The LM head runs only there (logits_to_keep): on prompt-answer pairs (relearning,
-    IDK, DPO) most positions are prompt, and with a 262k vocabulary the head and its loss are most of a step."""
+    IDK, DPO) most positions are prompt, and a 262k-vocabulary head over them cost 1.0 of a relearning step's 3.5 s
+    on the embedded model (benchmarks/relearn_step.py)."""
     labels = seqs.labels[:, 1:]
     labelled = (labels != IGNORE).any(0).nonzero()
     labels = labels[:, int(labelled[0]) if len(labelled) else -1 :]
