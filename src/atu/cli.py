@@ -238,13 +238,13 @@ def attack(rest) -> int:
     level = _number(args.at_forget, "--at-forget") if args.at_forget else None
     if level is None and len(folders) > 1:
         level = matched_level(folders)
-    results = {}
+    results, shared = {}, {}  # shared: the original model and its attacked scores, computed once for all runs
     for run in folders:
         target, point = point_at_forget(run, level) if level is not None else (run, None)
         if point is not None:
             say(f"{run}: attacking {point['stage']} (forget-all {point['forget_all']:.2f} <= {level:g}) in {target}")
         cfg = from_run(target, overrides)  # the run's model, data and evaluation; the command line may change them
-        rows = run_attacks(target, names, cfg)
+        rows = run_attacks(target, names, cfg, shared)
         print(attack_table(rows).markdown())
         say(f"robustness table: {target / 'attacks' / 'attacks.md'}")
         results[str(run)] = (point or target.evals()[-1], [r for r in rows if r["attack"] in names])

@@ -68,6 +68,7 @@ def run_all(
                 cfg = load_config(overrides + [f"run.output_dir={quote(run)}", "run.overwrite=true"])
                 plans.append((target, entry, run, cfg))
     rows, before = [], {}  # target -> a finished run whose "before" evaluation the others reuse
+    shared = {}  # the original model and its attacked scores, computed once for all runs (attacks.run_attacks)
     for i, (target, entry, run, cfg) in enumerate(plans):
         changes_start = any(o.startswith(STARTING_POINT) for o in per_method.get(entry, []))
         if run.status() == "done":
@@ -81,7 +82,7 @@ def run_all(
         if not changes_start:
             before.setdefault(target, run)
         if attacks and not run.attack_rows():
-            run_attacks(run, attacks, cfg)
+            run_attacks(run, attacks, cfg, shared)
         rows.extend(collect(run, entry))
     write_outputs(rows, out, [run for _, _, run, _ in plans])
     return rows

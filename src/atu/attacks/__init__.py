@@ -95,8 +95,9 @@ def point_at_forget(run: Run, level: float) -> tuple[Run, dict]:
     return point, hit
 
 
-def run_attacks(run: Run, names: list[str], cfg) -> list[dict]:
-    """Run `names` on the finished run; their rows join (or replace, for an attack run again) the run's table."""
+def run_attacks(run: Run, names: list[str], cfg, shared: dict | None = None) -> list[dict]:
+    """Run `names` on the finished run; their rows join (or replace, for an attack run again) the run's table.
+    Runs attacked with the same `shared` dict put the original model through an attack once (AttackContext.shared)."""
     check_names(names)
     evals = run.evals()
     if not evals or evals[0]["stage"] != "before":
@@ -120,6 +121,7 @@ def run_attacks(run: Run, names: list[str], cfg) -> list[dict]:
             say(f"loading the original model {cfg.model.name_or_path}") or load_lm(cfg.model, device)[0]
         ),
         load_saved=lambda quantize: load_run_model(run, cfg, device, quantize)[0],
+        shared={} if shared is None else shared,
     )
     rows = []
     for name in names:

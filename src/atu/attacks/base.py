@@ -29,13 +29,19 @@ class AttackContext:
     predictions_after: list[dict]
     load_original: Callable[[], object]  # the model before unlearning
     load_saved: Callable[[str | None], object]  # the run's model again, optionally loaded quantized ("int8", "nf4")
-    _original: object = field(default=None, repr=False)
+    # What does not depend on the attacked run (the original model, its relearned scores), kept across the runs that
+    # one `atu attack A B` or `atu compare --attacks` call attacks, so the original is put through each attack once.
+    shared: dict = field(default_factory=dict, repr=False)
+
+    def once(self, key: tuple, compute: Callable[[], object]):
+        """compute() the first time `key` is asked for among the runs sharing this context's `shared`, then kept."""
+        if key not in self.shared:
+            self.shared[key] = compute()
+        return self.shared[key]
 
     def original(self):
-        """The model before unlearning, loaded once when an attack first asks for it."""
-        if self._original is None:
-            self._original = self.load_original()
-        return self._original
+        """The model before unlearning, loaded when an attack first asks for it."""
+        return self.once(("original model", repr(self.cfg.model)), self.load_original)
 
     def score(self, model, probes: dict, system: str | None = "run's") -> dict:
         """Scores of `model` on `probes` ({set: [Probe]}) as the run's evaluation scores them (its prompt and its

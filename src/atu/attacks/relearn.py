@@ -9,6 +9,7 @@ import random
 
 import torch
 
+from ..console import say
 from ..errors import AtuError
 from ..evaluate.rwku import build_prompt
 from ..metrics import recovered
@@ -51,6 +52,7 @@ def relearn(
 # case counts; each is also applied to the original model, whose relearned score is what "recovered" is measured
 # against (fine-tuning on half the facts can lift the other half above where the original model started).
 LEARNING_RATES = (1e-6, 1e-5, 1e-4)
+STEPS = 10
 
 
 @register("relearn")
@@ -64,21 +66,28 @@ class Relearn(Attack):
         before, after = mean_score(ctx.predictions_before, pick), mean_score(ctx.predictions_after, pick)
         rows = []
         for lr in LEARNING_RATES:
-            relearned = {}
-            for name, model, system in (("unlearned", ctx.model, "run's"), ("original", ctx.original(), None)):
-                attacked = copy.deepcopy(model)
-                losses = relearn(attacked, ctx.tokenizer, train, lr=lr, seed=ctx.cfg.run.seed)
-                relearned[name] = ctx.score(attacked, {"forget_qa": held}, system).get("forget_qa")
-                del attacked
+            unlearned = self.relearned(ctx, "unlearned", train, held, lr)
+            # the original's does not depend on the run: computed once for all runs attacked together
+            key = ("relearned original", repr(ctx.cfg.model), repr(ctx.cfg.eval), ctx.target.name, lr, STEPS)
+            key += (tuple(p.query for p in train), tuple(p.query for p in held), ctx.cfg.run.seed)
+            original = ctx.once(key, lambda: self.relearned(ctx, "original", train, held, lr))
             note = (
-                f"held-out half, {len(train)} QA pairs, {len(losses)} steps at lr {lr:g}; 'before' is the original "
+                f"held-out half, {len(train)} QA pairs, {STEPS} steps at lr {lr:g}; 'before' is the original "
                 f"model after the same fine-tuning ({_fmt(before)} without it)"
             )
-            rows.append(
-                row(self.name, f"forget_qa, lr {lr:g}", relearned["original"], after, relearned["unlearned"], note)
-            )
+            rows.append(row(self.name, f"forget_qa, lr {lr:g}", original, after, unlearned, note))
         rows.append({**worst_case(rows), "metric": "forget_qa, worst lr"})
         return rows
+
+    @staticmethod
+    def relearned(ctx: AttackContext, which: str, train: list, held: list, lr: float) -> float | None:
+        """The held-out half's forget QA score of a copy of the unlearned or the original model fine-tuned on the
+        training half (the original is asked without the run's instruction)."""
+        say(f"relearning the {which} model at lr {lr:g}")
+        model, system = (ctx.model, "run's") if which == "unlearned" else (ctx.original(), None)
+        attacked = copy.deepcopy(model)
+        relearn(attacked, ctx.tokenizer, train, steps=STEPS, lr=lr, seed=ctx.cfg.run.seed)
+        return ctx.score(attacked, {"forget_qa": held}, system).get("forget_qa")
 
 
 def worst_case(rows: list[dict]) -> dict:
