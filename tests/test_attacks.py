@@ -227,17 +227,20 @@ def test_atu_attack_over_a_tiny_run_writes_the_robustness_table(tmp_path):
     assert bad.returncode == 2 and "unknown attack 'quant3'" in bad.stderr
     # two runs at matched forgetting: each attacked at its evaluation closest to the deepest level both reach
     side = tmp_path / "matched.md"
-    r = atu("attack", str(out), str(point), "--attacks", "rephrase,relearn", "--out", str(side))
+    r = atu("attack", str(out), str(point), "--attacks", "rephrase,relearn,mia,probe", "--out", str(side))
     assert r.returncode == 0, r.stderr[-2000:]
-    # the original model is loaded and relearned once for both runs, each unlearned model at every learning rate
+    # the original model is loaded, relearned, membership-tested and probed once for both runs; each unlearned model
+    # is relearned at every learning rate
     assert r.stderr.count("loading the original model") == 1
     assert r.stderr.count("relearning the original model") == 3
     assert r.stderr.count("relearning the unlearned model") == 6
-    relearned_before = [
-        [x["before"] for x in json.loads((f / "attacks" / "attacks.json").read_text()) if x["attack"] == "relearn"]
-        for f in (out, point)
-    ]
-    assert relearned_before[0] == relearned_before[1]
+    assert r.stderr.count("membership inference on the original model") == 1
+    attacked = [json.loads((f / "attacks" / "attacks.json").read_text()) for f in (out, point)]
+    assert r.stderr.count("probing the original model") == sum(x["attack"] == "probe" for x in attacked[0]) >= 1
+    for name in ("relearn", "mia", "probe"):
+        assert [x["before"] for x in attacked[0] if x["attack"] == name] == [
+            x["before"] for x in attacked[1] if x["attack"] == name
+        ]
     fronts = [[e["forget_all"] for e in Run(f).evals() if e["stage"] != "before"] for f in (out, point)]
     level = max(min(front) for front in fronts)
     assert f"forget-all <= {level:g}" in side.read_text() and f"| {out} | {point} |" in side.read_text()

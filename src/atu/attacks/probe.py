@@ -10,6 +10,7 @@ import random
 import torch
 
 from .. import data as datalib
+from ..console import say
 from ..evaluate.generation import sentences
 from ..methods import get_method
 from ..methods.common import hidden_at
@@ -85,12 +86,19 @@ class Probe(Attack):
         others = [t for o in datalib.other_targets(ctx.target.name, 3, roots, seed) for t in o.forget_corpus[:40]]
         rows = []
         for i, layer in enumerate(self.layers(ctx)):
-            before = probe_accuracy(ctx.original(), ctx.tokenizer, layer, ctx.target.forget_corpus, others, seed)
+            # the original's accuracy does not depend on the run: computed once for all runs attacked together
+            key = ("probe original", repr(ctx.cfg.model), ctx.target.name, tuple(roots), seed, layer)
+            before = ctx.once(key, lambda: self.on_original(ctx, layer, others))
             after = probe_accuracy(ctx.model, ctx.tokenizer, layer, ctx.target.forget_corpus, others, seed)
             metric = "probe_accuracy" if i == 0 else f"probe_accuracy at layer {layer}"
             note = f"layer {layer}; target sentences vs other people's, held-out; 50 = chance"
             rows.append(row(self.name, metric, 100 * before, 100 * after, 100 * after, note))
         return rows
+
+    @staticmethod
+    def on_original(ctx: AttackContext, layer: int, others: list[str]) -> float:
+        say(f"probing the original model at layer {layer}")
+        return probe_accuracy(ctx.original(), ctx.tokenizer, layer, ctx.target.forget_corpus, others, ctx.cfg.run.seed)
 
     @staticmethod
     def layers(ctx: AttackContext) -> list[int]:

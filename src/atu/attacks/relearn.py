@@ -25,8 +25,15 @@ def split_probes(probes: list, seed: int) -> tuple[list, list]:
     return [probes[i] for i in order[:half]], [probes[i] for i in order[half:]]
 
 
+# The relearning literature's protocol: the attacker's learning rate is unknown, so several are tried and the worst
+# case counts; each is also applied to the original model, whose relearned score is what "recovered" is measured
+# against (fine-tuning on half the facts can lift the other half above where the original model started).
+LEARNING_RATES = (1e-6, 1e-5, 1e-4)
+STEPS = 10
+
+
 def relearn(
-    model, tokenizer, train_probes: list, steps: int = 10, lr: float = 1e-5, batch_size: int = 4, seed: int = 0
+    model, tokenizer, train_probes: list, steps: int = STEPS, lr: float = 1e-5, batch_size: int = 4, seed: int = 0
 ) -> list[float]:
     """Full fine-tuning on (QA prompt, answer) pairs; returns the training losses."""
     device = next(model.parameters()).device
@@ -46,13 +53,6 @@ def relearn(
         losses.append(loss.item())
     model.eval()
     return losses
-
-
-# The relearning literature's protocol: the attacker's learning rate is unknown, so several are tried and the worst
-# case counts; each is also applied to the original model, whose relearned score is what "recovered" is measured
-# against (fine-tuning on half the facts can lift the other half above where the original model started).
-LEARNING_RATES = (1e-6, 1e-5, 1e-4)
-STEPS = 10
 
 
 @register("relearn")
@@ -86,7 +86,7 @@ class Relearn(Attack):
         say(f"relearning the {which} model at lr {lr:g}")
         model, system = (ctx.model, "run's") if which == "unlearned" else (ctx.original(), None)
         attacked = copy.deepcopy(model)
-        relearn(attacked, ctx.tokenizer, train, steps=STEPS, lr=lr, seed=ctx.cfg.run.seed)
+        relearn(attacked, ctx.tokenizer, train, lr=lr, seed=ctx.cfg.run.seed)
         return ctx.score(attacked, {"forget_qa": held}, system).get("forget_qa")
 
 
