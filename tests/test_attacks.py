@@ -8,12 +8,14 @@ import zlib
 import pytest
 import torch
 
+from atu.attacks import matched_level, point_at_forget
 from atu.attacks.incontext import with_context
 from atu.attacks.probe import fit_and_score, split
 from atu.quantization import quantize_model, quantize_rtn, update_size
 from atu.attacks.relearn import split_probes, worst_case
 from atu.attacks.rephrase import on_original_scale, paired_scores
 from atu.data import Probe
+from atu.errors import AtuError
 from atu.metrics import recovered
 from atu.runs import Run, finished_runs
 from atu.evaluate.mia import auc, loss_score, min_k_score, zlib_score
@@ -247,6 +249,33 @@ def test_atu_attack_over_a_tiny_run_writes_the_robustness_table(tmp_path):
     assert "| rephrase | Multi-hop ↓ |" in side.read_text() and (point / "attacks" / "attacks.json").exists()
     low = atu("attack", str(out), "--at-forget", "-1", "--attacks", "rephrase")
     assert low.returncode == 2 and "never reaches forget-all <= -1" in low.stderr and "Traceback" not in low.stderr
+
+
+def _run_with_front(path, stages: dict[str, float], kept: tuple[str, ...] = ()) -> Run:
+    """A run folder on disk whose evaluations after 'before' have these forget-all scores, in order; `kept`: the
+    stages whose model was saved under points/ (the last stage's model is the run's own)."""
+    for folder in [path] + [path / "points" / stage for stage in kept]:
+        folder.mkdir(parents=True)
+        (folder / "run.json").write_text("{}")
+        (folder / "config.yaml").write_text("{}")
+    rows = [{"event": "eval", "stage": "before", "forget_all": 20.0}]
+    rows += [{"event": "eval", "stage": stage, "forget_all": score} for stage, score in stages.items()]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return Run(path)
+
+
+def test_matched_forgetting_attacks_only_evaluations_whose_model_was_kept(tmp_path):
+    # ATU kept no points: its 15.5 after stage 1 cannot be attacked, so the match is at its end (15.6)
+    atu_run = _run_with_front(tmp_path / "atu", {"unlearn1": 15.5, "unlearn2": 15.6})
+    ga_run = _run_with_front(tmp_path / "ga", {"unlearn1@10": 13.8, "unlearn1": 11.2}, kept=("unlearn1@10",))
+    assert matched_level([atu_run, ga_run]) == 15.6
+    at, hit = point_at_forget(atu_run, 15.6)
+    assert at.path == atu_run.path and hit == {"stage": "unlearn2", "forget_all": 15.6}
+    at, hit = point_at_forget(ga_run, 15.6)
+    assert at.path == tmp_path / "ga" / "points" / "unlearn1@10" and hit["forget_all"] == 13.8
+    # below every kept model's score: a clear error that names the lowest kept point and the fix
+    with pytest.raises(AtuError, match=r"never reaches forget-all <= 15\.55 with a kept model .*15\.60 at unlearn2"):
+        point_at_forget(atu_run, 15.55)
 
 
 def test_attack_on_a_folder_that_is_not_a_run_says_so(tmp_path):

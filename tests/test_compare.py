@@ -127,6 +127,25 @@ def test_several_seeds_become_one_row_per_target_with_the_standard_deviation():
     assert "| atu | A | – | – | – | 12.0 ± 2.8 |" in table(rows).markdown()
 
 
+def test_a_collected_seed_sweep_shares_one_label_and_a_setting_sweep_keeps_one_per_folder(tmp_path):
+    from atu.compare import sweep_labels
+    from atu.runs import Run
+
+    def run(name, seed, lr, method="atu", target="Cindy Crawford"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "run.json").write_text(json.dumps({"method": method, "target": target, "status": "done"}))
+        (folder / "config.yaml").write_text(f"run:\n  seed: {seed}\nmethod:\n  name: {method}\n  unlearn_lr: {lr}\n")
+        return Run(folder)
+
+    seeds = [run("atu-seed0", 0, 1e-5), run("atu-seed1", 1, 1e-5), run("ga-seed0", 0, 1e-5, method="ga")]
+    assert sweep_labels(seeds, tmp_path) == ["atu", "atu", "ga"]  # seeds of one setting: one row, mean ± sd
+    lrs = [run("lr-a", 0, 1e-5, target="Mark Cuban"), run("lr-b", 1, 3e-6, target="Mark Cuban")]
+    assert sweep_labels(lrs, tmp_path) == ["atu [lr-a]", "atu [lr-b]"]  # another learning rate is another row
+    twice = [run("again-a", 0, 1e-5, target="Jim Parsons"), run("again-b", 0, 1e-5, target="Jim Parsons")]
+    assert sweep_labels(twice, tmp_path) == ["atu [again-a]", "atu [again-b]"]  # the same seed twice: both shown
+
+
 def test_fronts_keep_the_points_no_other_point_beats_and_say_which_front_dominates():
     from atu.compare import dominates, fronts_table, relation
     from atu.report import pareto_front

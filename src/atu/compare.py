@@ -6,8 +6,11 @@ Finished runs (run.json status "done") are kept and not rerun, so an interrupted
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
+
+from omegaconf import OmegaConf
 
 from . import metrics, report, runs
 from .attacks import check_names, run_attacks
@@ -89,19 +92,33 @@ def run_all(
 
 
 def collect_folder(folder: Path, out: Path) -> list[dict]:
-    """Every finished run folder under `folder` (a sweep), one table: a method that occurs several times on one target
-    (different τ, hook layers, ...) is labelled with its folder."""
+    """Every finished run folder under `folder` (a sweep), one table (labels: `sweep_labels`)."""
     found = runs.finished_runs(folder)
     if not found:
         raise AtuError(f"no finished run folder (run.json with status done) under {folder}; pass a sweep folder")
-    infos = [run.info() for run in found]
-    keys = [(i["method"], i["target"]) for i in infos]  # a sweep over targets keeps one label per method (means)
     rows = []
-    for run, info, key in zip(found, infos, keys):
-        label = info["method"] if keys.count(key) == 1 else f"{info['method']} [{run.path.relative_to(folder)}]"
+    for run, label in zip(found, sweep_labels(found, folder)):
         rows.extend(collect(run, label))
     write_outputs(rows, out, found)
     return rows
+
+
+def sweep_labels(found: list[Run], folder: Path) -> list[str]:
+    """Each run's label in a sweep's table: its method, shared by the runs of one method and target that differ only
+    in their seed (the table gives their mean ± sd); a method run on one target with different settings (τ, hook
+    layers, a learning rate) or twice with one seed is labelled with each run's folder."""
+    infos, configs = [run.info() for run in found], [run.config() for run in found]
+    groups: dict[tuple, list[int]] = {}
+    for i, info in enumerate(infos):
+        groups.setdefault((info["method"], info["target"]), []).append(i)
+    labels = [info["method"] for info in infos]
+    for members in groups.values():
+        seeds = [configs[i].run.seed for i in members]
+        settings = {json.dumps(OmegaConf.to_container(configs[i].method), sort_keys=True) for i in members}
+        if len(members) > 1 and (len(set(seeds)) < len(seeds) or len(settings) > 1):
+            for i in members:
+                labels[i] = f"{infos[i]['method']} [{found[i].path.relative_to(folder)}]"
+    return labels
 
 
 def collect(run: Run, entry: str) -> list[dict]:

@@ -313,16 +313,20 @@ def plot_levels(before: dict, after: dict, path: Path) -> None:
 
 def plot_methods(rows: list[dict], path: Path, keep: str = "neighbor_all") -> None:
     """Forget-all against `keep` (neighbour-all, or retain-all) for every method's evaluations (one point per stage
-    and per `eval.every` point), per target; with retain-all, each method's Pareto front is drawn over its points."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    and per `eval.every` point); with retain-all, each method's Pareto front is drawn over its points. One panel per
+    target (up to three across), one colour per method in every panel."""
     targets = sorted({r["target"] for r in rows})
-    for target in targets:
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    colors = plt.get_cmap("tab20" if len(methods) > 10 else "tab10")
+    across = min(3, len(targets))
+    down = -(-len(targets) // across)
+    size = (6.5, 4.5) if len(targets) == 1 else (4.0 * across, 3.2 * down + 0.8)
+    fig, axes = plt.subplots(down, across, figsize=size, squeeze=False)
+    for ax, target in zip(axes.flat, targets):
         before = next((r for r in rows if r["target"] == target and r["stage"] == "before"), None)
         if before and before.get("forget_all") is not None and before.get(keep) is not None:
             ax.scatter([before["forget_all"]], [before[keep]], marker="*", s=160, color="black", zorder=3)
             ax.annotate("before", (before["forget_all"], before[keep]), textcoords="offset points", xytext=(5, 5))
-        methods = list(dict.fromkeys(r["method"] for r in rows if r["target"] == target))
-        colors = plt.get_cmap("tab20" if len(methods) > 10 else "tab10")
         for k, method in enumerate(methods):
             pts = [
                 r
@@ -335,25 +339,34 @@ def plot_methods(rows: list[dict], path: Path, keep: str = "neighbor_all") -> No
             ]
             if not pts:
                 continue
-            xs, ys = [p["forget_all"] for p in pts], [p[keep] for p in pts]
-            label, color = (method if len(targets) == 1 else f"{method} ({target})"), colors(k % colors.N)
-            if keep == "neighbor_all":
-                ax.plot(xs, ys, marker="o", color=color, label=label)
+            xs, ys, color = [p["forget_all"] for p in pts], [p[keep] for p in pts], colors(k % colors.N)
+            if keep == "neighbor_all":  # one line per run (seed), in training order
+                for n, run in enumerate(dict.fromkeys(p.get("run_dir") for p in pts)):
+                    line = [p for p in pts if p.get("run_dir") == run]
+                    xy = [p["forget_all"] for p in line], [p[keep] for p in line]
+                    ax.plot(*xy, marker="o", color=color, label=method if n == 0 else None)
             else:  # points of every seed, and the front they make (with the starting model)
-                ax.scatter(xs, ys, marker="o", s=18, color=color, alpha=0.6, label=label)
+                ax.scatter(xs, ys, marker="o", s=18, color=color, alpha=0.6, label=method)
                 start = [(before["forget_all"], before[keep])] if before else []
                 fx, fy = zip(*pareto_front(list(zip(xs, ys)) + start))
                 ax.step(fx, fy, where="post", color=color)
-            ax.annotate(method, (xs[-1], ys[-1]), textcoords="offset points", xytext=(4, -10), fontsize=8, color=color)
-    ax.set_xlabel("forget all (ROUGE-L recall ×100) ← better")
-    ax.set_ylabel(f"{'neighbour' if keep == 'neighbor_all' else 'retain'} all (ROUGE-L recall ×100) → better")
-    ax.set_title(
+        ax.set_title(target if len(targets) > 1 else ax.get_title(), fontsize=10)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(targets) :]:
+        ax.axis("off")
+    title = (
         "Forgetting vs keeping: one point per evaluation"
         if keep == "neighbor_all"
         else "Forgetting vs retain: every evaluation, and each method's front"
     )
-    ax.legend(fontsize=7, ncol=2)
-    ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.supxlabel("forget all (ROUGE-L recall ×100) ← better")
+    fig.supylabel(f"{'neighbour' if keep == 'neighbor_all' else 'retain'} all (ROUGE-L recall ×100) → better")
+    handles = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    axes.flat[0].legend(handles.values(), handles.keys(), fontsize=7, ncol=2 if len(handles) > 6 else 1)
     _save(fig, path, dpi=150)
 
 

@@ -61,8 +61,9 @@ def check_names(names: list[str]) -> None:
 
 
 def matched_level(folders: list[Run]) -> float:
-    """The deepest forgetting every run reaches: the largest of the runs' lowest forget-all."""
-    return max(min(e["forget_all"] for e in front(run)) for run in folders)
+    """The deepest forgetting every run reaches with a model that can be attacked: the largest of the runs' lowest
+    forget-all over their kept evaluations."""
+    return max(min(e["forget_all"] for e in kept_front(run)) for run in folders)
 
 
 def front(run: Run) -> list[dict]:
@@ -73,26 +74,33 @@ def front(run: Run) -> list[dict]:
     return points
 
 
-def point_at_forget(run: Run, level: float) -> tuple[Run, dict]:
-    """The run as it was at the evaluation whose forget-all is closest to `level` from below (the earliest on a tie):
-    the run itself when that is its last evaluation, else the model it kept there (eval.save_points)."""
+def kept_front(run: Run) -> list[dict]:
+    """The front's evaluations whose model exists to be attacked: the last one (the run's own model) and those kept
+    under points/ (eval.save_points). A run without saved points is attacked at its end, and matched there."""
     points = front(run)
-    below = [e for e in points if e["forget_all"] <= level + 1e-9]
+    return [e for e in points if e is points[-1] or Run(run / POINTS / e["stage"]).is_run()]
+
+
+def point_at_forget(run: Run, level: float) -> tuple[Run, dict]:
+    """The run as it was at the kept evaluation whose forget-all is closest to `level` from below (the earliest on a
+    tie): the run itself when that is its last evaluation, else the model it kept there (eval.save_points)."""
+    points, kept = front(run), kept_front(run)
+    below = [e for e in kept if e["forget_all"] <= level + 1e-9]
     if not below:
-        lowest = min(e["forget_all"] for e in points)
+        lowest = min(kept, key=lambda e: e["forget_all"])
         raise AtuError(
-            f"{run} never reaches forget-all <= {level:g} (its lowest: {lowest:.2f}); pass a higher --at-forget"
+            f"{run} never reaches forget-all <= {level:g} with a kept model (its lowest: {lowest['forget_all']:.2f} "
+            f"at {lowest['stage']}); pass a higher --at-forget, or run it with eval.save_points=true"
         )
     hit = max(below, key=lambda e: (e["forget_all"], -points.index(e)))
-    if hit is points[-1]:
-        return run, hit
-    point = Run(run / POINTS / hit["stage"])
-    if not point.is_run():
-        raise AtuError(
-            f"{run} reaches forget-all {hit['forget_all']:.2f} at {hit['stage']} but did not keep that model; "
-            "run it again with eval.save_points=true"
+    closer = [e for e in points if hit["forget_all"] < e["forget_all"] <= level + 1e-9]
+    if closer:
+        near = max(closer, key=lambda e: e["forget_all"])
+        say(
+            f"{run}: {near['stage']} (forget-all {near['forget_all']:.2f}) is closer to {level:g} but "
+            f"its model was not kept (eval.save_points=true keeps it); attacking {hit['stage']}"
         )
-    return point, hit
+    return (run, hit) if hit == points[-1] else (Run(run / POINTS / hit["stage"]), hit)
 
 
 def run_attacks(run: Run, names: list[str], cfg, shared: dict | None = None) -> list[dict]:
