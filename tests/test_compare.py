@@ -131,11 +131,14 @@ def test_a_collected_seed_sweep_shares_one_label_and_a_setting_sweep_keeps_one_p
     from atu.compare import sweep_labels
     from atu.runs import Run
 
-    def run(name, seed, lr, method="atu", target="Cindy Crawford"):
+    def run(name, seed, lr, method="atu", target="Cindy Crawford", passages=32, every=0):
         folder = tmp_path / name
         folder.mkdir()
         (folder / "run.json").write_text(json.dumps({"method": method, "target": target, "status": "done"}))
-        (folder / "config.yaml").write_text(f"run:\n  seed: {seed}\nmethod:\n  name: {method}\n  unlearn_lr: {lr}\n")
+        (folder / "config.yaml").write_text(
+            f"run: {{seed: {seed}}}\neval: {{every: {every}}}\ndata: {{max_passages: {passages}}}\n"
+            f"method: {{name: {method}, unlearn_lr: {lr}}}\n"
+        )
         return Run(folder)
 
     seeds = [run("atu-seed0", 0, 1e-5), run("atu-seed1", 1, 1e-5), run("ga-seed0", 0, 1e-5, method="ga")]
@@ -144,6 +147,10 @@ def test_a_collected_seed_sweep_shares_one_label_and_a_setting_sweep_keeps_one_p
     assert sweep_labels(lrs, tmp_path) == ["atu [lr-a]", "atu [lr-b]"]  # another learning rate is another row
     twice = [run("again-a", 0, 1e-5, target="Jim Parsons"), run("again-b", 0, 1e-5, target="Jim Parsons")]
     assert sweep_labels(twice, tmp_path) == ["atu [again-a]", "atu [again-b]"]  # the same seed twice: both shown
+    data = [run("data-a", 0, 1e-5, target="Jim Morrison"), run("data-b", 1, 1e-5, target="Jim Morrison", passages=8)]
+    assert sweep_labels(data, tmp_path) == ["atu [data-a]", "atu [data-b]"]  # other training data: not a seed
+    every = [run("every-a", 0, 1e-5, target="Mark Cuban", every=10), run("every-b", 1, 1e-5, target="Mark Cuban")]
+    assert sweep_labels(every, tmp_path) == ["atu", "atu"]  # evaluation bookkeeping does not split seeds
 
 
 def test_fronts_keep_the_points_no_other_point_beats_and_say_which_front_dominates():

@@ -105,16 +105,21 @@ def collect_folder(folder: Path, out: Path) -> list[dict]:
 
 def sweep_labels(found: list[Run], folder: Path) -> list[str]:
     """Each run's label in a sweep's table: its method, shared by the runs of one method and target that differ only
-    in their seed (the table gives their mean ± sd); a method run on one target with different settings (τ, hook
-    layers, a learning rate) or twice with one seed is labelled with each run's folder."""
+    in their seed (the table gives their mean ± sd); a method run on one target with different training settings
+    (model, data, encoder or method: τ, hook layers, a learning rate) or twice with one seed is labelled with each
+    run's folder. Run and evaluation bookkeeping (threads, eval.every, eval.save_points) does not split seeds."""
     infos, configs = [run.info() for run in found], [run.config() for run in found]
+    trained = ("model", "data", "encoder", "method")
     groups: dict[tuple, list[int]] = {}
     for i, info in enumerate(infos):
         groups.setdefault((info["method"], info["target"]), []).append(i)
     labels = [info["method"] for info in infos]
     for members in groups.values():
         seeds = [configs[i].run.seed for i in members]
-        settings = {json.dumps(OmegaConf.to_container(configs[i].method), sort_keys=True) for i in members}
+        settings = {
+            json.dumps({k: OmegaConf.to_container(configs[i][k]) for k in trained if k in configs[i]}, sort_keys=True)
+            for i in members
+        }
         if len(members) > 1 and (len(set(seeds)) < len(seeds) or len(settings) > 1):
             for i in members:
                 labels[i] = f"{infos[i]['method']} [{found[i].path.relative_to(folder)}]"

@@ -350,7 +350,8 @@ def plot_methods(rows: list[dict], path: Path, keep: str = "neighbor_all") -> No
                 start = [(before["forget_all"], before[keep])] if before else []
                 fx, fy = zip(*pareto_front(list(zip(xs, ys)) + start))
                 ax.step(fx, fy, where="post", color=color)
-        ax.set_title(target if len(targets) > 1 else ax.get_title(), fontsize=10)
+        if len(targets) > 1:
+            ax.set_title(target, fontsize=10)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(targets) :]:
         ax.axis("off")
