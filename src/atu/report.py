@@ -339,13 +339,14 @@ def plot_methods(rows: list[dict], path: Path, keep: str = "neighbor_all") -> No
             ]
             if not pts:
                 continue
-            xs, ys, color = [p["forget_all"] for p in pts], [p[keep] for p in pts], colors(k % colors.N)
+            color = colors(k % colors.N)
             if keep == "neighbor_all":  # one line per run (seed), in training order
                 for n, run in enumerate(dict.fromkeys(p.get("run_dir") for p in pts)):
                     line = [p for p in pts if p.get("run_dir") == run]
                     xy = [p["forget_all"] for p in line], [p[keep] for p in line]
                     ax.plot(*xy, marker="o", color=color, label=method if n == 0 else None)
             else:  # points of every seed, and the front they make (with the starting model)
+                xs, ys = [p["forget_all"] for p in pts], [p[keep] for p in pts]
                 ax.scatter(xs, ys, marker="o", s=18, color=color, alpha=0.6, label=method)
                 start = [(before["forget_all"], before[keep])] if before else []
                 fx, fy = zip(*pareto_front(list(zip(xs, ys)) + start))

@@ -74,17 +74,19 @@ def front(run: Run) -> list[dict]:
     return points
 
 
-def kept_front(run: Run) -> list[dict]:
-    """The front's evaluations whose model exists to be attacked: the last one (the run's own model) and those kept
-    under points/ (eval.save_points). A run without saved points is attacked at its end, and matched there."""
-    points = front(run)
+def kept_front(run: Run, points: list[dict] | None = None) -> list[dict]:
+    """The front's evaluations (`points`, read from the run when not given) whose model exists to be attacked: the
+    last one (the run's own model) and those kept under points/ (eval.save_points). A run without saved points is
+    attacked at its end, and matched there."""
+    points = front(run) if points is None else points
     return [e for e in points if e is points[-1] or Run(run / POINTS / e["stage"]).is_run()]
 
 
 def point_at_forget(run: Run, level: float) -> tuple[Run, dict]:
     """The run as it was at the kept evaluation whose forget-all is closest to `level` from below (the earliest on a
     tie): the run itself when that is its last evaluation, else the model it kept there (eval.save_points)."""
-    points, kept = front(run), kept_front(run)
+    points = front(run)
+    kept = kept_front(run, points)
     below = [e for e in kept if e["forget_all"] <= level + 1e-9]
     if not below:
         lowest = min(kept, key=lambda e: e["forget_all"])
@@ -100,7 +102,7 @@ def point_at_forget(run: Run, level: float) -> tuple[Run, dict]:
             f"{run}: {near['stage']} (forget-all {near['forget_all']:.2f}) is closer to {level:g} but "
             f"its model was not kept (eval.save_points=true keeps it); attacking {hit['stage']}"
         )
-    return (run, hit) if hit == points[-1] else (Run(run / POINTS / hit["stage"]), hit)
+    return (run, hit) if hit is points[-1] else (Run(run / POINTS / hit["stage"]), hit)
 
 
 def run_attacks(run: Run, names: list[str], cfg, shared: dict | None = None) -> list[dict]:
