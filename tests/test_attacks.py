@@ -229,7 +229,17 @@ def test_atu_attack_over_a_tiny_run_writes_the_robustness_table(tmp_path):
     assert bad.returncode == 2 and "unknown attack 'quant3'" in bad.stderr
     # two runs at matched forgetting: each attacked at its evaluation closest to the deepest level both reach
     side = tmp_path / "matched.md"
-    r = atu("attack", str(out), str(point), "--attacks", "rephrase,relearn,mia,probe", "--out", str(side))
+    small_utility = ("eval.utility_limit=3",)  # 3 items of each of Buffett's RWKU utility sets
+    r = atu(
+        "attack",
+        str(out),
+        str(point),
+        "--attacks",
+        "rephrase,relearn,mia,probe,utility",
+        "--out",
+        str(side),
+        *small_utility,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     # the original model is loaded, relearned, membership-tested and probed once for both runs; each unlearned model
     # is relearned at every learning rate
@@ -237,16 +247,26 @@ def test_atu_attack_over_a_tiny_run_writes_the_robustness_table(tmp_path):
     assert r.stderr.count("relearning the original model") == 3
     assert r.stderr.count("relearning the unlearned model") == 6
     assert r.stderr.count("membership inference on the original model") == 1
-    attacked = [json.loads((f / "attacks" / "attacks.json").read_text()) for f in (out, point)]
+    fronts = [[e["forget_all"] for e in Run(f).evals() if e["stage"] != "before"] for f in (out, point)]
+    level = max(min(front) for front in fronts)
+    folders = [point_at_forget(Run(f), level)[0].path for f in (out, point)]  # where each run was attacked
+    attacked = [json.loads((f / "attacks" / "attacks.json").read_text()) for f in folders]
     assert r.stderr.count("probing the original model") == sum(x["attack"] == "probe" for x in attacked[0]) >= 1
-    for name in ("relearn", "mia", "probe"):
+    # utility (not an attack) at the attacked points: the original measured once, each unlearned model once
+    assert r.stderr.count("utility: perplexity") == 3
+    for rows in attacked:
+        useful = {x["metric"]: x for x in rows if x["attack"] == "utility"}
+        assert 0 <= useful["mmlu"]["after"] <= 1 and useful["perplexity"]["after"] > 1
+        assert useful["mmlu"]["note"] == "RWKU's Warren Buffett set" and useful["mmlu"]["after_attack"] is None
+        assert {"bbh", "truthfulqa_mc1", "triviaqa_f1", "fluency_entropy"} <= set(useful)  # Buffett's own sets
+    for name in ("relearn", "mia", "probe", "utility"):
         assert [x["before"] for x in attacked[0] if x["attack"] == name] == [
             x["before"] for x in attacked[1] if x["attack"] == name
         ]
-    fronts = [[e["forget_all"] for e in Run(f).evals() if e["stage"] != "before"] for f in (out, point)]
-    level = max(min(front) for front in fronts)
     assert f"forget-all <= {level:g}" in side.read_text() and f"| {out} | {point} |" in side.read_text()
     assert "| rephrase | Multi-hop ↓ |" in side.read_text() and (point / "attacks" / "attacks.json").exists()
+    original_ppl = next(x["before"] for x in attacked[0] if x["metric"] == "perplexity")
+    assert f"| utility | Perplexity (held-out) ↓ | {original_ppl:.2f} |" in side.read_text()
     low = atu("attack", str(out), "--at-forget", "-1", "--attacks", "rephrase")
     assert low.returncode == 2 and "never reaches forget-all <= -1" in low.stderr and "Traceback" not in low.stderr
 

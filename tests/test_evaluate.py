@@ -350,8 +350,9 @@ def test_utility_uses_the_target_s_own_sets_or_a_labelled_mmlu_sample(tiny_model
     other = utility(
         tiny_model, tokenizer, datalib.load_target("Karl Marx"), 4, mmlu_items=5, say=lambda m: None, limit=3
     )
+    # the label names the questions actually scored: 5 sampled, capped at 3 by `limit`
     assert set(other["scores"]) == {"mmlu", "perplexity"} and other["sets"]["mmlu"].startswith(
-        "full MMLU, 5 questions"
+        "full MMLU, 3 questions"
     )
     assert mmlu_sample(5, 0) == mmlu_sample(5, 0) and mmlu_sample(5, 0) != mmlu_sample(5, 1)
     assert all(len(it["examples"]) == 5 and it["task"] for it in mmlu_sample(5, 0))

@@ -25,7 +25,7 @@ atu: make a language model forget a concept, and measure that it is gone.
   atu eval [MODEL] [key=value ...]     score a model (dir, .gguf, hub id, or a run folder) on a target's RWKU probes
   atu targets [--set celebs-1] [--out FILE] [--names] [key=value ...]
                                        rank targets by how much the model knows (resumes from --out)
-  atu attack RUN_DIR [--attacks quant8,quant4,bnb8,bnb4,relearn,incontext,rephrase,probe,mia] [key=value ...]
+  atu attack RUN_DIR [--attacks quant8,quant4,bnb8,bnb4,relearn,incontext,rephrase,probe,mia,utility] [key=value ...]
                                        is it gone or hidden? robustness table in RUN_DIR/attacks/
   atu attack RUN_A RUN_B [--at-forget X] [--out FILE]
                                        both attacked where their fronts reach the same forget-all (the deepest
@@ -247,7 +247,8 @@ def attack(rest) -> int:
         rows = run_attacks(target, names, cfg, shared)
         print(attack_table(rows).markdown())
         say(f"robustness table: {target / 'attacks' / 'attacks.md'}")
-        results[str(run)] = (point or target.evals()[-1], [r for r in rows if r["attack"] in names])
+        attacked = [r for r in rows if r["attack"] in names]
+        results[str(run)] = (run.evals()[0], point or target.evals()[-1], attacked)
     if len(folders) > 1:
         table = matched_attack_table(results).markdown()
         print(f"\nAt matched forgetting (forget-all <= {level:g}):\n{table}")

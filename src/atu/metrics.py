@@ -24,6 +24,7 @@ class Metric:
     chance: float | None = None  # what a model that knows nothing scores, where that is one number
     note: str = ""  # how to read it, for tables that explain their columns
     brief: bool = True  # shown in the compact tables (terminal, comparison); every metric is in the report
+    digits: int = 1  # decimals in tables: 3 for the 0-1 fractions of the utility sets
 
     @property
     def column(self) -> str:
@@ -42,6 +43,12 @@ def get(key: str) -> Metric:
     if key not in REGISTRY:
         raise AtuError(f"unknown metric {key!r}.{did_you_mean(key, REGISTRY)} Known: {', '.join(REGISTRY)}")
     return REGISTRY[key]
+
+
+def digits(key: str) -> int:
+    """Decimals to show for a metric, or for an attack's "<attack>: <metric>" column."""
+    metric = REGISTRY.get(key.rpartition(": ")[2])
+    return metric.digits if metric else 1
 
 
 def label(key: str) -> str:
@@ -242,8 +249,8 @@ register(
 )
 
 # general utility (RWKU's sets) and held-out perplexity
-register(Metric("mmlu", "MMLU", False, "utility", chance=0.25, note="5-shot, next-token choice among A-D"))
-register(Metric("bbh", "BBH EM", False, "utility", note="exact match after RWKU's normalisation"))
+register(Metric("mmlu", "MMLU", False, "utility", chance=0.25, note="5-shot, next-token choice among A-D", digits=3))
+register(Metric("bbh", "BBH EM", False, "utility", note="exact match after RWKU's normalisation", digits=3))
 register(
     Metric(
         "bbh_rwku",
@@ -251,12 +258,13 @@ register(
         False,
         "utility",
         note="RWKU's scorer as it runs: the prediction against each character of the answer",
+        digits=3,
     )
 )
-register(Metric("truthfulqa_mc1", "TruthfulQA MC1", False, "utility"))
-register(Metric("truthfulqa_mc2", "TruthfulQA MC2", False, "utility"))
-register(Metric("triviaqa_em", "TriviaQA EM", False, "utility", chance=0.0))
-register(Metric("triviaqa_f1", "TriviaQA F1", False, "utility", chance=0.0, note="the ATU paper's 'Fac'"))
+register(Metric("truthfulqa_mc1", "TruthfulQA MC1", False, "utility", digits=3))
+register(Metric("truthfulqa_mc2", "TruthfulQA MC2", False, "utility", digits=3))
+register(Metric("triviaqa_em", "TriviaQA EM", False, "utility", chance=0.0, digits=3))
+register(Metric("triviaqa_f1", "TriviaQA F1", False, "utility", chance=0.0, note="the ATU paper's 'Fac'", digits=3))
 register(
     Metric(
         "fluency_entropy",
@@ -264,9 +272,10 @@ register(
         False,
         "utility",
         note="RWKU's weighted bigram/trigram entropy of the generations",
+        digits=2,
     )
 )
-register(Metric("perplexity", "Perplexity (held-out)", True, "utility"))
+register(Metric("perplexity", "Perplexity (held-out)", True, "utility", digits=2))
 
 # what the attacks measure besides probe scores
 register(

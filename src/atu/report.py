@@ -129,8 +129,8 @@ def utility_table(utility: dict) -> Table:
     cols = list(utility)
     rows = [
         [metrics.label(key)]
-        + [f"{utility[c]['scores'][key]:.3f}" for c in cols]
-        + [fmt(chance, 3), first.get("sets", {}).get(key.split("_")[0], "")]
+        + [fmt(utility[c]["scores"][key], metrics.digits(key)) for c in cols]
+        + [fmt(chance, metrics.digits(key)), first.get("sets", {}).get(key.split("_")[0], "")]
         for key, chance in first["chance"].items()
     ]
     return Table(["Utility"] + cols + ["chance", "set"], rows, [False] + [True] * (len(cols) + 1) + [False])
@@ -145,12 +145,11 @@ def forgotten_share(attack_row: dict) -> float | None:
 def attack_table(rows: list[dict]) -> Table:
     out = []
     for r in rows:
-        b, a, x = r["before"], r["after"], r["after_attack"]
+        n = metrics.digits(r["metric"])
+        b, a, x = (fmt(r[k], n) for k in ("before", "after", "after_attack"))
         share = forgotten_share(r)
         rec = "–" if share is None else f"{100 * share:.0f}%"
-        out.append(
-            [r["attack"], metrics.label(r["metric"]), fmt(b), fmt(a), fmt(x), rec, str(r["seconds"]), r["note"]]
-        )
+        out.append([r["attack"], metrics.label(r["metric"]), b, a, x, rec, str(r["seconds"]), r["note"]])
     return Table(
         ["Attack", "Metric", "Before unlearning", "After unlearning", "After attack", "Recovered", "Time (s)", "Note"],
         out,
@@ -158,23 +157,33 @@ def attack_table(rows: list[dict]) -> Table:
     )
 
 
-def matched_attack_table(results: dict[str, tuple[dict, list[dict]]]) -> Table:
-    """Several runs attacked at matched forgetting, side by side: per attack row, each run's score after unlearning ->
-    after the attack (recovered). `results`: run label -> (the evaluation attacked, its attack rows)."""
-    keys = list(dict.fromkeys((r["attack"], r["metric"]) for _, rows in results.values() for r in rows))
-    out = [["point attacked", "forget-all"] + [f"{e['stage']}: {fmt(e['forget_all'])}" for e, _ in results.values()]]
+def matched_attack_table(results: dict[str, tuple[dict, dict, list[dict]]]) -> Table:
+    """Several runs attacked at matched forgetting, side by side: per attack row, the original model's score, then
+    each run's score after unlearning -> after the attack (recovered). `results`: run label -> (its evaluation before
+    unlearning, the evaluation attacked, its attack rows)."""
+    keys = list(dict.fromkeys((r["attack"], r["metric"]) for *_, rows in results.values() for r in rows))
+    starts = " / ".join(dict.fromkeys(fmt(b.get("forget_all")) for b, _, _ in results.values()))
+    out = [
+        ["point attacked", "forget-all", starts]
+        + [f"{e['stage']}: {fmt(e['forget_all'])}" for _, e, _ in results.values()]
+    ]
     for attack, metric in keys:
-        cells = []
-        for _, rows in results.values():
+        n, cells, before = metrics.digits(metric), [], []
+        for *_, rows in results.values():
             r = next((r for r in rows if (r["attack"], r["metric"]) == (attack, metric)), None)
-            if r is None or r["after_attack"] is None:  # a diagnostic (update_size) or a set scored as is
-                cells.append("–" if r is None else fmt(r["after"]))
+            if r is not None and r["before"] is not None:
+                before.append(fmt(r["before"], n))
+            if r is None or r["after_attack"] is None:  # a diagnostic (update_size, utility) or a set scored as is
+                cells.append("–" if r is None else fmt(r["after"], n))
             else:
                 share = forgotten_share(r)
                 share_text = "" if share is None else f" ({100 * share:.0f}%)"
-                cells.append(f"{fmt(r['after'])} → {fmt(r['after_attack'])}{share_text}")
-        out.append([attack, metrics.label(metric)] + cells)
-    return Table(["Attack", "Metric"] + list(results), out, [False, False] + [True] * len(results))
+                cells.append(f"{fmt(r['after'], n)} → {fmt(r['after_attack'], n)}{share_text}")
+        # the original model's score (one value when every run started from the same model)
+        out.append([attack, metrics.label(metric), " / ".join(dict.fromkeys(before)) or "–"] + cells)
+    return Table(
+        ["Attack", "Metric", "Before unlearning"] + list(results), out, [False, False, True] + [True] * len(results)
+    )
 
 
 def extra_columns(rows: list[dict]) -> list[str]:
@@ -203,7 +212,8 @@ def compare_table(rows: list[dict], columns: list[str]) -> Table:
 def _mean_sd(row: dict, key: str) -> str:
     """A value, with "± sd" when the row is a mean over seeds or targets."""
     sd = row.get(f"{key}_sd")
-    return fmt(row.get(key)) + (f" ± {sd:.1f}" if sd is not None else "")
+    n = metrics.digits(key)
+    return fmt(row.get(key), n) + (f" ± {sd:.{n}f}" if sd is not None else "")
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:

@@ -9,6 +9,7 @@
   rephrase        the forget FB/QA questions reworded (same answers)           -> vs their originals after unlearning
   probe           logistic-regression probe on hook-layer states (target vs other people's sentences): accuracy
   mia             membership inference AUC, forget_mia vs retain_mia texts (loss, zlib, min-k%)
+  utility         not an attack: general utility (RWKU's sets or an MMLU sample, held-out perplexity) vs the original
 
 Adding an attack: one file with an `Attack` subclass that registers itself, and one import line in `_load_all`
 (docs/contributing.md).
@@ -36,6 +37,7 @@ def _load_all() -> None:
     from . import rephrase  # noqa: F401
     from . import probe  # noqa: F401
     from . import mia  # noqa: F401
+    from . import utility  # noqa: F401
 
 
 def known() -> list[str]:

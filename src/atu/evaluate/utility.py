@@ -291,9 +291,9 @@ def utility(
         seconds[name] = round(time.time() - t0, 1)
         return out
 
-    items = own("retain_mmlu.json")
-    sets["mmlu"] = f"RWKU's {target.name} set" if items else f"full MMLU, {mmlu_items} questions (seed {seed})"
-    items = items or cap(mmlu_sample(mmlu_items, seed))
+    target_items = own("retain_mmlu.json")
+    items = target_items or cap(mmlu_sample(mmlu_items, seed))
+    sets["mmlu"] = f"RWKU's {target.name} set" if target_items else f"full MMLU, {len(items)} questions (seed {seed})"
     scores["mmlu"], chance["mmlu"] = timed("mmlu", lambda: mmlu(model, tokenizer, items, batch_size)), 0.25
     if items := own("retain_bbh.json"):
         scores["bbh"], scores["bbh_rwku"] = timed("bbh", lambda: bbh(model, tokenizer, items, batch_size))
