@@ -7,6 +7,7 @@ import zlib
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from atu.attacks import matched_level, point_at_forget
 from atu.attacks.incontext import with_context
@@ -230,6 +231,10 @@ def test_atu_attack_over_a_tiny_run_writes_the_robustness_table(tmp_path):
     # two runs at matched forgetting: each attacked at its evaluation closest to the deepest level both reach
     side = tmp_path / "matched.md"
     small_utility = ("eval.utility_limit=3",)  # 3 items of each of Buffett's RWKU utility sets
+    # evaluation bookkeeping that changes no score (eval.every) does not make the original relearn again
+    config = OmegaConf.load(point / "config.yaml")
+    config.eval.every = 7
+    OmegaConf.save(config, point / "config.yaml")
     r = atu(
         "attack",
         str(out),

@@ -206,6 +206,28 @@ def test_decoder_gives_generate_s_tokens_batched_and_one_at_a_time(exact_model, 
     assert _shared_prefix(few_shot) > 40
 
 
+def test_multiple_choice_logits_match_one_prompt_at_a_time_whatever_the_batching(exact_model, tokenizer):
+    from atu.evaluate.generation import _batches, next_token_logits
+    from atu.evaluate.utility import LETTERS, mmlu, mmlu_prompt, mmlu_sample
+
+    items = [it for it in mmlu_sample(400, 0) if it["task"] in ("anatomy", "astronomy")][:7]
+    assert {it["task"] for it in items} == {"anatomy", "astronomy"}
+    prompts = [mmlu_prompt(it, tokenizer) for it in items]
+    letters = [tokenizer.encode(" " + x, add_special_tokens=False)[-1] for x in LETTERS]
+    alone = torch.stack(
+        [exact_model(**tokenizer(p, return_tensors="pt")).logits[0, -1, letters].float() for p in prompts]
+    )
+    groups = [it["task"] for it in items]
+    for batch_size in (1, 3, 8):  # subject-aligned batches share their 5-shot examples; 3 also splits a subject
+        batches = list(_batches(tokenizer(prompts)["input_ids"], batch_size, groups))
+        assert sorted(i for b in batches for i in b) == list(range(7))
+        assert all(len({groups[i] for i in b}) == 1 and len(b) <= batch_size for b in batches)
+        got = next_token_logits(exact_model, tokenizer, prompts, letters, groups, batch_size)
+        assert torch.allclose(got, alone, atol=1e-5)
+    truth = torch.tensor([it["answer"] for it in items])
+    assert mmlu(exact_model, tokenizer, items, batch_size=3) == int((alone.argmax(-1) == truth).sum()) / len(items)
+
+
 def test_sampling_is_reproducible_by_seed(exact_model, tokenizer):
     def sample(seed):
         spec = {"temperature": 0.8, "top_p": 0.95, "generator": torch.Generator().manual_seed(seed)}

@@ -68,7 +68,10 @@ class Relearn(Attack):
         for lr in LEARNING_RATES:
             unlearned = self.relearned(ctx, "unlearned", train, held, lr)
             # the original's does not depend on the run: computed once for all runs attacked together
-            key = ("relearned original", repr(ctx.cfg.model), repr(ctx.cfg.eval), ctx.target.name, lr, STEPS)
+            # (the evaluation settings that change a score; not bookkeeping such as eval.save_points or eval.every)
+            e = ctx.cfg.eval
+            key = ("relearned original", repr(ctx.cfg.model), e.prompt, e.shots, e.scorer, e.max_new_tokens)
+            key += (ctx.target.name, lr, STEPS)
             key += (tuple(p.query for p in train), tuple(p.query for p in held), ctx.cfg.run.seed)
             original = ctx.once(key, lambda: self.relearned(ctx, "original", train, held, lr))
             note = (

@@ -41,7 +41,7 @@ import torch
 from nltk.tokenize import NLTKWordTokenizer
 
 from ..data import Target, general_retain_heldout, read_json
-from .generation import complete
+from .generation import complete, next_token_logits
 from .mia import token_logps_of
 
 MMLU = Path(__file__).resolve().parents[1] / "data" / "mmlu" / "mmlu.json.gz"
@@ -100,20 +100,13 @@ def mmlu_prompt(item: dict, tokenizer) -> str:
     return wrap(tokenizer, body + block(item["question"], item["choices"]), "Answer:", spaced=False)
 
 
-@torch.no_grad()
 def mmlu(model, tokenizer, items: list[dict], batch_size: int = 8) -> float:
     letters = [tokenizer.encode(" " + letter, add_special_tokens=False)[-1] for letter in LETTERS]
     prompts = [mmlu_prompt(it, tokenizer) for it in items]
-    device = next(model.parameters()).device
-    tokenizer.padding_side = "left"
-    correct = 0
-    for i in range(0, len(prompts), batch_size):
-        enc = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True).to(device)
-        # the last position's logits only: every position of a 5-shot batch over a 262k vocabulary needs ~17 GB
-        logits = model(**enc, logits_to_keep=1).logits[:, -1, letters]
-        truth = torch.tensor([it["answer"] for it in items[i : i + batch_size]], device=device)
-        correct += int((logits.argmax(-1) == truth).sum())
-    return correct / len(items)
+    # one subject's questions share their 5-shot examples: batched together, the examples run once per batch
+    logits = next_token_logits(model, tokenizer, prompts, letters, [it["task"] for it in items], batch_size)
+    truth = torch.tensor([it["answer"] for it in items])
+    return int((logits.argmax(-1) == truth).sum()) / len(items)
 
 
 @lru_cache(maxsize=1)
