@@ -131,13 +131,13 @@ def test_a_collected_seed_sweep_shares_one_label_and_a_setting_sweep_keeps_one_p
     from atu.compare import sweep_labels
     from atu.runs import Run
 
-    def run(name, seed, lr, method="atu", target="Cindy Crawford", passages=32, every=0):
+    def run(name, seed, lr, method="atu", target="Cindy Crawford", passages=32, every=0, encoder="float32"):
         folder = tmp_path / name
         folder.mkdir()
         (folder / "run.json").write_text(json.dumps({"method": method, "target": target, "status": "done"}))
         (folder / "config.yaml").write_text(
             f"run: {{seed: {seed}}}\neval: {{every: {every}}}\ndata: {{max_passages: {passages}}}\n"
-            f"method: {{name: {method}, unlearn_lr: {lr}}}\n"
+            f"method: {{name: {method}, unlearn_lr: {lr}}}\nencoder: {{precision: {encoder}}}\n"
         )
         return Run(folder)
 
@@ -151,6 +151,17 @@ def test_a_collected_seed_sweep_shares_one_label_and_a_setting_sweep_keeps_one_p
     assert sweep_labels(data, tmp_path) == ["atu [data-a]", "atu [data-b]"]  # other training data: not a seed
     every = [run("every-a", 0, 1e-5, target="Mark Cuban", every=10), run("every-b", 1, 1e-5, target="Mark Cuban")]
     assert sweep_labels(every, tmp_path) == ["atu", "atu"]  # evaluation bookkeeping does not split seeds
+    # the encoder's settings split ATU's runs (it trains against the encoder) but not NPO's (it never loads it)
+    atu_enc = [
+        run("enc-a", 0, 1e-5, target="Jim Parsons"),
+        run("enc-b", 1, 1e-5, target="Jim Parsons", encoder="auto"),
+    ]
+    assert sweep_labels(atu_enc, tmp_path) == ["atu [enc-a]", "atu [enc-b]"]
+    npo_enc = [
+        run("npo-a", 0, 1e-5, "npo", "Jim Parsons"),
+        run("npo-b", 1, 1e-5, "npo", "Jim Parsons", encoder="auto"),
+    ]
+    assert sweep_labels(npo_enc, tmp_path) == ["npo", "npo"]
 
 
 def test_fronts_keep_the_points_no_other_point_beats_and_say_which_front_dominates():

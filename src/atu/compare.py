@@ -18,6 +18,7 @@ from .config import load_config, quote
 from .console import say
 from .data import slug
 from .errors import AtuError
+from .methods import get_method
 from .pipeline import resumable, resume_config, unlearn
 from .runs import Run
 
@@ -109,13 +110,16 @@ def sweep_labels(found: list[Run], folder: Path) -> list[str]:
     (model, data, encoder or method: τ, hook layers, a learning rate) or twice with one seed is labelled with each
     run's folder. Run and evaluation bookkeeping (threads, eval.every, eval.save_points) does not split seeds."""
     infos, configs = [run.info() for run in found], [run.config() for run in found]
-    trained = ("model", "data", "encoder", "method")
     groups: dict[tuple, list[int]] = {}
     for i, info in enumerate(infos):
         groups.setdefault((info["method"], info["target"]), []).append(i)
     labels = [info["method"] for info in infos]
     for members in groups.values():
         seeds = [configs[i].run.seed for i in members]
+        # the encoder's settings matter only to a method that loads it (ATU), not to GA, NPO or RMU
+        trained = ("model", "data", "method") + (
+            ("encoder",) if get_method(infos[members[0]]["method"]).needs_encoder else ()
+        )
         settings = {
             json.dumps({k: OmegaConf.to_container(configs[i][k]) for k in trained if k in configs[i]}, sort_keys=True)
             for i in members
