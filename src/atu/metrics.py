@@ -51,6 +51,11 @@ def digits(key: str) -> int:
     return metric.digits if metric else 1
 
 
+def utility_set(key: str) -> str:
+    """The utility set a score comes from ("truthfulqa_mc1" -> "truthfulqa"): the key of `utility()`'s "sets"."""
+    return key.split("_")[0]
+
+
 def label(key: str) -> str:
     """The column label of a registered metric; other keys (an attack's "quant4: forget_all") stand as they are."""
     return REGISTRY[key].column if key in REGISTRY else key

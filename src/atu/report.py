@@ -130,7 +130,7 @@ def utility_table(utility: dict) -> Table:
     rows = [
         [metrics.label(key)]
         + [fmt(utility[c]["scores"][key], metrics.digits(key)) for c in cols]
-        + [fmt(chance, metrics.digits(key)), first.get("sets", {}).get(key.split("_")[0], "")]
+        + [fmt(chance, metrics.digits(key)), first.get("sets", {}).get(metrics.utility_set(key), "")]
         for key, chance in first["chance"].items()
     ]
     return Table(["Utility"] + cols + ["chance", "set"], rows, [False] + [True] * (len(cols) + 1) + [False])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ..console import say
 from ..evaluate.utility import utility
+from ..metrics import utility_set
 from .base import Attack, AttackContext, register, row
 
 
@@ -23,6 +24,6 @@ class Utility(Attack):
         before = ctx.once(key, lambda: measure(ctx.original()))
         after = measure(ctx.model)
         return [
-            row(self.name, name, before["scores"][name], value, None, after["sets"].get(name.split("_")[0], ""))
+            row(self.name, name, before["scores"][name], value, None, after["sets"].get(utility_set(name), ""))
             for name, value in after["scores"].items()
         ]
