@@ -206,6 +206,20 @@ def test_decoder_gives_generate_s_tokens_batched_and_one_at_a_time(exact_model, 
     assert _shared_prefix(few_shot) > 40
 
 
+def test_batches_end_where_a_long_shared_prefix_ends_and_go_by_length_within_it():
+    from atu.evaluate.generation import MIN_PREFIX, _batches
+
+    a, b = list(range(100, 100 + 40)), list(range(500, 500 + 30))  # two few-shot formats, 40 and 30 tokens
+    rows = [a + [1] * n for n in (9, 2, 5, 7)] + [b + [2] * n for n in (3, 8, 1)] + [[7, 8, 9]]
+    batches = list(_batches(rows, 2))
+    assert sorted(i for batch in batches for i in batch) == list(range(8))
+    formats = [{tuple(rows[i][:30]) for i in batch} for batch in batches]
+    assert all(len(f) == 1 for f in formats), "a batch never straddles two shared prefixes"
+    assert [len(rows[i]) for i in batches[0] + batches[1]] == [42, 45, 47, 49], "by length within a prefix"
+    short = [[5, 6, n, n] for n in range(6)]  # a prefix under MIN_PREFIX tokens does not split batches
+    assert MIN_PREFIX > 2 and [len(b) for b in _batches(short, 4)] == [4, 2]
+
+
 def test_multiple_choice_logits_match_one_prompt_at_a_time_whatever_the_batching(exact_model, tokenizer):
     from atu.evaluate.generation import _batches, next_token_logits
     from atu.evaluate.utility import LETTERS, mmlu, mmlu_prompt, mmlu_sample

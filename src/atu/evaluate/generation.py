@@ -88,7 +88,7 @@ def next_token_logits(
     """Each prompt's next-token logits for `tokens` (float32, [len(prompts), len(tokens)]), for scoring
     multiple-choice questions (MMLU). Prompts of one group (an MMLU subject: the same 5-shot examples) are batched
     together and their shared prefix runs once, its keys and values copied to every row: MMLU's 300-question sample
-    then forwards 5.8x fewer tokens than fixed batches of 8 with padding."""
+    then forwards 6.1x fewer tokens than fixed batches of 8 with padding."""
     encoded = tokenizer(prompts, verbose=False)["input_ids"]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     cache_arg = _cache_arg(model)
@@ -105,17 +105,46 @@ def _cache_arg(model) -> str:
 
 
 def _batches(encoded: list[list[int]], batch_size: int, groups: list | None = None):
-    """Row indices per batch, in token order (prompts that share a prefix, such as an instruction or few-shot
-    examples, share a batch); with `groups`, a batch never mixes two groups."""
-    order = sorted(range(len(encoded)), key=lambda i: (str(groups[i]) if groups else "", encoded[i]))
-    batch: list[int] = []
+    """Row indices per batch. Prompts are sorted by token so that those sharing a prefix (an instruction, few-shot
+    examples) are neighbours, and cut into runs that share ≥ MIN_PREFIX tokens: a run ends where the next prompt
+    would keep less than half of its shared prefix, or (with `groups`) belongs to another group. Prompts that share
+    no such prefix with a neighbour are pooled per group. Within a run, prompts go by length into batches: the prefix
+    runs once per batch and the rows' own tokens are padded to the batch's longest. On Cindy Crawford's 150 official
+    probes with the few-shot prompt this prefills 2.1× fewer tokens than batches of 32 cut in token order (1.4× at
+    16, 1.4× zero-shot; embedded tokenizer); the evaluation benchmark went from 2.0× to 2.7× fixed-batch `generate`."""
+    key = (lambda i: str(groups[i])) if groups else (lambda i: "")
+    order = sorted(range(len(encoded)), key=lambda i: (key(i), encoded[i]))
+    runs: list[list[int]] = []
+    loose: dict[str, list[int]] = {}
+
+    def close(run):
+        (runs.append(run) if len(run) > 1 else loose.setdefault(key(run[0]), []).extend(run))
+
+    run, shared = [], 0
     for i in order:
-        if batch and (len(batch) == batch_size or (groups and groups[i] != groups[batch[0]])):
-            yield batch
-            batch = []
-        batch.append(i)
-    if batch:
-        yield batch
+        if run:
+            common = _common_prefix(encoded[run[0]], encoded[i], shared)
+            if common >= MIN_PREFIX and (len(run) == 1 or common >= shared / 2) and key(i) == key(run[0]):
+                run.append(i)
+                shared = common
+                continue
+            close(run)
+        run, shared = [i], len(encoded[i])
+    if run:
+        close(run)
+    for run in runs + list(loose.values()):
+        run.sort(key=lambda i: len(encoded[i]))
+        yield from (run[k : k + batch_size] for k in range(0, len(run), batch_size))
+
+
+MIN_PREFIX = 16  # shorter shared prefixes (a BOS, a chat template's first tokens) are not worth an extra batch
+
+
+def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
+    n = 0
+    while n < min(len(a), len(b), limit) and a[n] == b[n]:
+        n += 1
+    return n
 
 
 def _first_step(model, rows: list[list[int]], pad: int, cache_arg: str) -> dict:
