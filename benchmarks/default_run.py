@@ -58,6 +58,7 @@ def main() -> None:
                 "wall_seconds": round(wall, 1),
                 "run_seconds": json.loads((out / "run.json").read_text()).get("seconds"),
                 "phases": {x["stage"]: x["seconds"] for x in rows if x["event"] == "stage_end"}
+                | {f"{x['stage']} setup": x["setup_seconds"] for x in rows if "setup_seconds" in x}
                 | {f"eval {x['stage']}": x["eval_seconds"] for x in evals},
                 "before": {k: round(evals[0][k], 2) for k in KEYS if k in evals[0]},
                 "after": {k: round(evals[-1][k], 2) for k in KEYS if k in evals[-1]},

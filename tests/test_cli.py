@@ -76,6 +76,8 @@ def test_tiny_unlearn_run_writes_a_complete_loadable_run_folder(tmp_path):
     assert [e["stage"] for e in evals] == ["before", "unlearn1", "unlearn2"]
     assert [e["tau"] for e in evals[1:]] == [0.3, 0.1]
     assert "forget_all" in evals[0] and "neighbor_all" in evals[0]
+    starts = [e for e in events if e["event"] == "stage_start"]  # ATU's caching forward before each stage, timed
+    assert [e["stage"] for e in starts][:2] == ["align", "unlearn1"] and all(e["setup_seconds"] >= 0 for e in starts)
     assert "| before |" in (out / "report.md").read_text()
     # would quantization undo it? the update against the 8-bit step, in the run's own robustness table
     sizes = {r["metric"]: r["after"] for r in json.loads((out / runs.ATTACKS / "attacks.json").read_text())}

@@ -32,7 +32,7 @@ RUN = [
     "run.checkpoint_every=4",
     "eval.every=4",  # points inside the unlearning stages, one of them right before the checkpoint the kill follows
 ]
-TIMING = ("seconds", "eval_seconds")
+TIMING = ("seconds", "eval_seconds", "setup_seconds")
 
 
 def atu(*args, env=None):

@@ -106,7 +106,9 @@ def run_stages(
         mid_stage = resume is not None and index == resume.stage and resume.step > 0
         if resume is not None and index == resume.stage and not mid_stage:
             set_rng_state(resume.rng)
+        set_up = time.time()
         info = stage.setup() if stage.setup else {}
+        set_up = round(time.time() - set_up, 2)  # logged apart: ATU's caching forward is not in the stage's seconds
         steps = 0 if info.get("skipped") else stage.steps  # a method may skip the stages it no longer needs
         params = stage.params()
         trained |= {id(p) for p in params}
@@ -135,6 +137,7 @@ def run_stages(
                     "index": index,
                     "steps": steps,
                     **info,
+                    **({"setup_seconds": set_up} if stage.setup else {}),
                 }
             )
         started, last = time.time(), {}
