@@ -118,7 +118,10 @@ def _batches(encoded: list[list[int]], batch_size: int, groups: list | None = No
     loose: dict[str, list[int]] = {}
 
     def close(run):
-        (runs.append(run) if len(run) > 1 else loose.setdefault(key(run[0]), []).extend(run))
+        if len(run) > 1:
+            runs.append(run)
+        else:
+            loose.setdefault(key(run[0]), []).extend(run)
 
     run, shared = [], 0
     for i in order:
