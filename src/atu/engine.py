@@ -106,9 +106,9 @@ def run_stages(
         mid_stage = resume is not None and index == resume.stage and resume.step > 0
         if resume is not None and index == resume.stage and not mid_stage:
             set_rng_state(resume.rng)
-        set_up = time.time()
+        setup_started = time.time()
         info = stage.setup() if stage.setup else {}
-        set_up = round(time.time() - set_up, 2)  # logged apart: ATU's caching forward is not in the stage's seconds
+        setup_seconds = round(time.time() - setup_started, 2)  # apart: ATU's caching forward is not in `seconds`
         steps = 0 if info.get("skipped") else stage.steps  # a method may skip the stages it no longer needs
         params = stage.params()
         trained |= {id(p) for p in params}
@@ -137,7 +137,7 @@ def run_stages(
                     "index": index,
                     "steps": steps,
                     **info,
-                    **({"setup_seconds": set_up} if stage.setup else {}),
+                    **({"setup_seconds": setup_seconds} if stage.setup else {}),
                 }
             )
         started, last = time.time(), {}

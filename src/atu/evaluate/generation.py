@@ -126,7 +126,7 @@ def _batches(encoded: list[list[int]], batch_size: int, groups: list | None = No
     run, shared = [], 0
     for i in order:
         if run:
-            common = _common_prefix(encoded[run[0]], encoded[i], shared)
+            common = _shared_prefix([encoded[run[0]], encoded[i]])  # sorted: never above the run's own
             if common >= MIN_PREFIX and (len(run) == 1 or common >= shared / 2) and key(i) == key(run[0]):
                 run.append(i)
                 shared = common
@@ -141,13 +141,6 @@ def _batches(encoded: list[list[int]], batch_size: int, groups: list | None = No
 
 
 MIN_PREFIX = 16  # shorter shared prefixes (a BOS, a chat template's first tokens) are not worth an extra batch
-
-
-def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
-    n = 0
-    while n < min(len(a), len(b), limit) and a[n] == b[n]:
-        n += 1
-    return n
 
 
 def _first_step(model, rows: list[list[int]], pad: int, cache_arg: str) -> dict:
